@@ -1,0 +1,95 @@
+"""Small typed containers that flow between the data pipeline, the detector and evaluation.
+
+Plain tensors inside, so they are easy to move between devices, compile and export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What the detector must know about one image of a padded batch.
+
+    ``img_shape`` is the resized, unpadded (h, w): boxes are clipped to it.
+    ``ori_shape`` is the original (h, w): boxes and masks are returned in it.
+    ``scale_factor`` is (w_scale, h_scale) = resized / original, as the original stores it.
+    """
+
+    img_shape: tuple[int, int]
+    ori_shape: tuple[int, int]
+    scale_factor: tuple[float, float]
+    flip: bool = False
+    image_id: int | None = None
+    file_name: str | None = None
+
+
+@dataclass
+class Targets:
+    """Ground truth of one image in resized-image coordinates (what training consumes).
+
+    ``boxes``: float [N, 4] xyxy; ``labels``: int64 [N] in 0..num_classes-1;
+    ``masks``: uint8 [N, h, w] bitmaps at the resized (unpadded or padded) image size.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Targets":
+        return Targets(
+            self.boxes.to(device),
+            self.labels.to(device),
+            None if self.masks is None else self.masks.to(device),
+        )
+
+
+@dataclass
+class Detections:
+    """Detections of one image: ``boxes`` float [N, 4] xyxy, ``scores`` [N], ``labels`` int64 [N]
+    (0-based), ``masks`` bool [N, H, W] (or None for box-only output)."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    class_names: tuple[str, ...] = field(default=(), repr=False)
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to(self, device: torch.device | str) -> "Detections":
+        return replace(
+            self,
+            boxes=self.boxes.to(device),
+            scores=self.scores.to(device),
+            labels=self.labels.to(device),
+            masks=None if self.masks is None else self.masks.to(device),
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class name of each detection (empty strings when the model carries no names)."""
+        if not self.class_names:
+            return ["" for _ in range(len(self))]
+        return [self.class_names[int(i)] for i in self.labels]
+
+
+@dataclass
+class Batch:
+    """A collated batch: normalised images padded to a common size, plus per-image data."""
+
+    images: Tensor
+    metas: list[ImageMeta]
+    targets: list[Targets] | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            self.images.to(device, non_blocking=True),
+            self.metas,
+            None if self.targets is None else [t.to(device) for t in self.targets],
+        )
