@@ -1,0 +1,72 @@
+"""Test-time post-processing shared by the Mask R-CNN and Cascade heads (mmdet 3.x order).
+
+Per image: softmax scores and decoded, clipped boxes (resized-image coordinates) ->
+``multiclass_nms`` (score > thr, class-wise NMS, top k) -> mask head on the kept boxes in resized
+coordinates -> boxes divided by the scale factor -> masks pasted into ``ori_shape``. mmdet 2.x
+instead rescaled before NMS; the two agree up to float rounding (spec section 6.3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gcnet.boxes import batched_nms
+from gcnet.models.postprocess import paste_masks, rescale_boxes
+from gcnet.structures import Detections, ImageMeta
+
+
+def multiclass_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thr: float,
+    iou_thr: float,
+    max_num: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Class-wise NMS over (RoI, class) pairs (mmdet ``multiclass_nms``).
+
+    ``boxes`` [K, C, 4] (class-specific) or [K, 1, 4] / [K, 4] (shared by all classes);
+    ``scores`` [K, C + 1] probabilities with background last. Pairs are flattened RoI-major,
+    kept when score > ``score_thr`` (strict), NMS'd per class and the best ``max_num`` returned
+    as (boxes [n, 4], scores [n], labels [n]) sorted by descending score.
+    """
+    num_classes = scores.shape[1] - 1
+    k = scores.shape[0]
+    if boxes.dim() == 2:
+        boxes = boxes[:, None]
+    if boxes.shape[1] == 1:
+        boxes = boxes.expand(k, num_classes, 4)
+    if boxes.shape != (k, num_classes, 4):
+        raise ValueError(
+            f"multiclass_nms: boxes {tuple(boxes.shape)} do not match scores {tuple(scores.shape)}"
+        )
+    flat_boxes = boxes.reshape(-1, 4)
+    flat_scores = scores[:, :num_classes].reshape(-1)
+    flat_labels = torch.arange(num_classes, device=scores.device).repeat(k)
+    valid = (flat_scores > score_thr).nonzero().view(-1)
+    flat_boxes, flat_scores, flat_labels = flat_boxes[valid], flat_scores[valid], flat_labels[valid]
+    if flat_boxes.shape[0] == 0:
+        return flat_boxes, flat_scores, flat_labels
+    keep = batched_nms(flat_boxes, flat_scores, flat_labels, iou_thr)
+    if max_num > 0:
+        keep = keep[:max_num]
+    return flat_boxes[keep], flat_scores[keep], flat_labels[keep]
+
+
+def to_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    mask_probs: Tensor | None,
+    meta: ImageMeta,
+    mask_thr: float,
+) -> Detections:
+    """Resized-image results of one image -> ``Detections`` in the original image.
+
+    ``mask_probs`` [n, 28, 28] are the label channel's probabilities (None: no masks).
+    """
+    ori_boxes = rescale_boxes(boxes, meta.scale_factor)
+    masks = None
+    if mask_probs is not None:
+        masks = paste_masks(mask_probs, ori_boxes, meta.ori_shape, mask_thr)
+    return Detections(boxes=ori_boxes, scores=scores.float(), labels=labels.long(), masks=masks)

@@ -1,0 +1,138 @@
+"""Mask R-CNN RoI head (mmdet ``StandardRoIHead``): one box stage plus one mask head.
+
+Children ``bbox_head`` and ``mask_head`` give the original's keys ``roi_head.bbox_head.*`` and
+``roi_head.mask_head.*``; the RoI extractors have no parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from gcnet.boxes import DeltaXYWHBBoxCoder
+from gcnet.config import RoIConfig
+from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes
+from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
+from gcnet.models.roi.inference import multiclass_nms, to_detections
+from gcnet.models.roi.mask_head import FCNMaskHead
+from gcnet.models.roi.targets import bbox_losses, mask_branch_loss, sample_rois, stage_samplers
+from gcnet.structures import Detections, ImageMeta, Targets
+
+RoIHeadOutput = Union[dict[str, Tensor], list[Detections]]
+
+
+def check_inputs(
+    feats: Sequence[Tensor],
+    proposals: Sequence[Tensor],
+    metas: Sequence[ImageMeta],
+    targets: Sequence[Targets] | None,
+    num_levels: int,
+    with_mask: bool,
+) -> None:
+    """Clear errors for mismatched per-image lists (shared by both RoI heads)."""
+    if len(feats) < num_levels:
+        raise ValueError(f"RoI head: need at least {num_levels} feature levels, got {len(feats)}")
+    if len(proposals) != len(metas):
+        raise ValueError(f"RoI head: {len(proposals)} proposal sets for {len(metas)} images")
+    for i, p in enumerate(proposals):
+        if p.dim() != 2 or p.shape[1] not in (4, 5):
+            raise ValueError(
+                f"RoI head: proposals of image {i} must be [K, 4] or [K, 5], got {tuple(p.shape)}"
+            )
+    if targets is not None:
+        if len(targets) != len(metas):
+            raise ValueError(f"RoI head: {len(targets)} targets for {len(metas)} images")
+        for i, t in enumerate(targets):
+            if with_mask and t.masks is None:
+                raise ValueError(
+                    f"RoI head: targets of image {i} have no masks but the head has a mask branch"
+                )
+
+
+class StandardRoIHead(nn.Module):
+    """Box head (class-specific regression) and FCN mask head on RoIAligned FPN features."""
+
+    def __init__(self, cfg: RoIConfig, with_mask: bool = True) -> None:
+        super().__init__()
+        if len(cfg.stages) != 1:
+            raise ValueError(f"StandardRoIHead: cfg.stages must hold 1 stage, got {len(cfg.stages)}")
+        self.cfg = cfg
+        self.stage = cfg.stages[0]
+        self.with_mask = with_mask
+        self.num_classes = cfg.num_classes
+        self.bbox_roi_extractor = RoIExtractor(cfg.featmap_strides, cfg.bbox_roi_size, cfg.finest_scale)
+        self.bbox_head = Shared2FCBBoxHead(
+            cfg.num_classes, cfg.in_channels, cfg.bbox_roi_size, cfg.fc_channels, self.stage.reg_class_agnostic
+        )
+        self.coder = DeltaXYWHBBoxCoder((0.0, 0.0, 0.0, 0.0), self.stage.target_stds)
+        self.assigner, self.sampler = stage_samplers(self.stage, cfg.num_samples, cfg.pos_fraction)
+        if with_mask:
+            self.mask_roi_extractor = RoIExtractor(cfg.featmap_strides, cfg.mask_roi_size, cfg.finest_scale)
+            self.mask_head = FCNMaskHead(cfg.num_classes, cfg.in_channels, cfg.in_channels, cfg.mask_convs)
+
+    def forward(
+        self,
+        feats: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        metas: Sequence[ImageMeta],
+        targets: Sequence[Targets] | None = None,
+    ) -> RoIHeadOutput:
+        """Loss dict when ``targets`` are given, else one ``Detections`` per image (original pixels)."""
+        check_inputs(feats, proposals, metas, targets, len(self.cfg.featmap_strides), self.with_mask)
+        if targets is not None:
+            return self.loss(feats, proposals, targets)
+        return self.predict(feats, proposals, metas)
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self, feats: Sequence[Tensor], proposals: Sequence[Tensor], targets: Sequence[Targets]
+    ) -> dict[str, Tensor]:
+        add_gt = self.cfg.add_gt_as_proposals
+        samples = [
+            sample_rois(p, t.boxes, t.labels, self.assigner, self.sampler, self.num_classes, add_gt)
+            for p, t in zip(proposals, targets)
+        ]
+        rois = boxes_to_rois([s.boxes for s in samples])
+        cls_score, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        losses = bbox_losses(cls_score, deltas, samples, self.coder, self.num_classes, self.stage)
+        if self.with_mask:
+            losses["loss_mask"] = mask_branch_loss(
+                self.mask_head, self.mask_roi_extractor, feats, samples, targets, self.cfg.mask_size
+            )
+        weight = self.stage.loss_weight
+        return {k: v * weight for k, v in losses.items()}
+
+    # ------------------------------------------------------------------ inference
+    def predict(
+        self, feats: Sequence[Tensor], proposals: Sequence[Tensor], metas: Sequence[ImageMeta]
+    ) -> list[Detections]:
+        boxes = [p[:, :4] for p in proposals]
+        rois = boxes_to_rois(boxes)
+        cls_score, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        counts = [b.shape[0] for b in boxes]
+        kept = []
+        for b, logits, d, meta in zip(boxes, cls_score.split(counts), deltas.split(counts), metas):
+            scores = torch.softmax(logits.float(), dim=-1)
+            decoded = decode_all_classes(self.coder, b.float(), d.float(), meta.img_shape)
+            cfg = self.cfg
+            kept.append(multiclass_nms(decoded, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
+        mask_probs = self._mask_probs(feats, kept) if self.with_mask else [None] * len(kept)
+        return [
+            to_detections(b, s, l, m, meta, self.cfg.mask_thr)
+            for (b, s, l), m, meta in zip(kept, mask_probs, metas)
+        ]
+
+    def _mask_probs(
+        self, feats: Sequence[Tensor], kept: list[tuple[Tensor, Tensor, Tensor]]
+    ) -> list[Tensor]:
+        """Sigmoid of the label channel [n, 28, 28] for each image's kept boxes (resized coordinates)."""
+        rois = boxes_to_rois([b for b, _, _ in kept])
+        labels = torch.cat([l for _, _, l in kept])
+        size = self.cfg.mask_size
+        if rois.shape[0] == 0:
+            return [rois.new_zeros((0, size, size)) for _ in kept]
+        logits = self.mask_head(self.mask_roi_extractor(feats, rois))
+        probs = torch.sigmoid(logits[torch.arange(rois.shape[0], device=rois.device), labels].float())
+        return list(probs.split([b.shape[0] for b, _, _ in kept]))
