@@ -1,0 +1,9 @@
+"""COCO evaluation: detections -> result dicts -> bbox / segm AP."""
+
+from gcnet.evaluation.coco_eval import CocoStats, evaluate_coco, faster_available, format_stats
+from gcnet.evaluation.results import detections_to_coco, encode_masks, gather_results
+
+__all__ = [
+    "CocoStats", "detections_to_coco", "encode_masks", "evaluate_coco", "faster_available",
+    "format_stats", "gather_results",
+]

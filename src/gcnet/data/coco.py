@@ -1,0 +1,236 @@
+"""COCO-format instance dataset with the original's train/test pipelines (spec 6.1, 6.2).
+
+Category ids sorted ascending become contiguous labels 0..C-1 (mmdet ``cat2label``). In train
+mode images with no usable annotation or with min(w, h) < ``cfg.min_size`` are dropped; boxes
+with area <= 0, w < 1, h < 1 or no overlap with the image are skipped; crowd annotations are not
+used for training (the original turns them into ignore boxes, which its assigners never use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from gcnet.config import DataConfig
+from gcnet.data.image_io import DatasetError, load_image
+from gcnet.data.transforms import hflip_boxes, hflip_image, hflip_masks, normalize, resize_keep_ratio, resize_masks
+from gcnet.structures import ImageMeta, Targets
+
+
+@dataclass(frozen=True)
+class _Ann:
+    box: tuple[float, float, float, float]  # xyxy, original pixels
+    label: int
+    segmentation: Any
+
+
+@dataclass(frozen=True)
+class _Img:
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+
+
+def _need(entry: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise DatasetError(f"{where}: missing key(s) {missing}")
+
+
+def read_coco_json(ann_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a COCO json, raising :class:`DatasetError` naming the file on any I/O or JSON problem."""
+    path = Path(ann_file)
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    _need(data, ("images", "categories"), f"{path}")
+    return data
+
+
+class CocoDetection(Dataset):
+    """``(image [3,h,w] normalised, ImageMeta, Targets | None)`` samples from a COCO instances json.
+
+    Targets are in resized-image coordinates: boxes float32 xyxy, labels int64, masks uint8
+    ``[N, h, w]`` (pycocotools raster at the original size, then nearest resize). Train mode flips
+    with probability ``cfg.flip_prob`` using torch's global RNG.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike[str],
+        image_dir: str | os.PathLike[str],
+        cfg: DataConfig = DataConfig(),
+        train: bool = False,
+        with_masks: bool = True,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.cfg = cfg
+        self.train = train
+        self.with_masks = with_masks
+        data = read_coco_json(self.ann_file)
+        f = str(self.ann_file)
+
+        cats = data["categories"]
+        if not isinstance(cats, list) or not cats:
+            raise DatasetError(f"{f}: 'categories' must be a non-empty list")
+        for i, c in enumerate(cats):
+            _need(c, ("id", "name"), f"{f}: categories[{i}]")
+        cats = sorted(cats, key=lambda c: int(c["id"]))
+        self.label_to_cat_id: list[int] = [int(c["id"]) for c in cats]
+        if len(set(self.label_to_cat_id)) != len(cats):
+            raise DatasetError(f"{f}: duplicate category ids {self.label_to_cat_id}")
+        self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_cat_id)}
+        self.class_names: tuple[str, ...] = tuple(str(c["name"]) for c in cats)
+
+        images: dict[int, _Img] = {}
+        order: list[int] = []
+        if not isinstance(data["images"], list):
+            raise DatasetError(f"{f}: 'images' must be a list")
+        for i, im in enumerate(data["images"]):
+            _need(im, ("id", "file_name", "width", "height"), f"{f}: images[{i}]")
+            iid = int(im["id"])
+            if iid in images:
+                raise DatasetError(f"{f}: images[{i}] repeats image id {iid}")
+            images[iid] = _Img(iid, str(im["file_name"]), int(im["width"]), int(im["height"]))
+            order.append(iid)
+
+        anns: dict[int, list[_Ann]] = {iid: [] for iid in order}
+        raw_anns = data.get("annotations")
+        if raw_anns is None:
+            if train:
+                raise DatasetError(f"{f}: missing key 'annotations' (needed for training)")
+            raw_anns = []
+        if not isinstance(raw_anns, list):
+            raise DatasetError(f"{f}: 'annotations' must be a list")
+        for i, a in enumerate(raw_anns):
+            where = f"{f}: annotations[{i}] (id {a.get('id') if isinstance(a, dict) else '?'})"
+            _need(a, ("image_id", "category_id", "bbox"), where)
+            iid, cid = int(a["image_id"]), int(a["category_id"])
+            if iid not in images:
+                raise DatasetError(f"{where}: unknown image_id {iid}")
+            if cid not in self.cat_id_to_label:
+                raise DatasetError(f"{where}: unknown category_id {cid}")
+            bbox = a["bbox"]
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise DatasetError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
+            if a.get("iscrowd", 0):
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            img = images[iid]
+            inter_w = max(0.0, min(x + w, img.width) - max(x, 0.0))
+            inter_h = max(0.0, min(y + h, img.height) - max(y, 0.0))
+            area = float(a.get("area", w * h))
+            if inter_w * inter_h == 0 or area <= 0 or w < 1 or h < 1:
+                continue
+            seg = a.get("segmentation")
+            if with_masks and not seg:
+                raise DatasetError(f"{where}: no 'segmentation' (pass with_masks=False for box-only data)")
+            anns[iid].append(_Ann((x, y, x + w, y + h), self.cat_id_to_label[cid], seg))
+
+        if train:
+            order = [
+                iid
+                for iid in order
+                if anns[iid] and min(images[iid].width, images[iid].height) >= cfg.min_size
+            ]
+        self._images = [images[iid] for iid in order]
+        self._anns = [anns[iid] for iid in order]
+        self.image_ids: list[int] = order
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    @property
+    def aspect_ratio_flags(self) -> list[int]:
+        """1 where w >= h (landscape), else 0: the group of each image for batching."""
+        return [1 if im.width >= im.height else 0 for im in self._images]
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        im = self._images[index]
+        return {"id": im.image_id, "file_name": im.file_name, "width": im.width, "height": im.height}
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ImageMeta, Optional[Targets]]:
+        info = self._images[index]
+        path = self.image_dir / info.file_name
+        image = torch.from_numpy(load_image(path))
+        h, w = int(image.shape[0]), int(image.shape[1])
+        if self.train and (h, w) != (info.height, info.width):
+            raise DatasetError(
+                f"{path}: decoded size {(h, w)} differs from {self.ann_file} entry "
+                f"image id {info.image_id} size {(info.height, info.width)}"
+            )
+        resized, (sw, sh) = resize_keep_ratio(image, self.cfg.scale)
+        new_h, new_w = int(resized.shape[0]), int(resized.shape[1])
+        flip = self.train and bool(torch.rand(()) < self.cfg.flip_prob)
+        targets = self._targets(index, (new_h, new_w), (sw, sh), flip) if self.train else None
+        if flip:
+            resized = hflip_image(resized, channels_last=True)
+        meta = ImageMeta(
+            img_shape=(new_h, new_w),
+            ori_shape=(h, w),
+            scale_factor=(sw, sh),
+            flip=flip,
+            image_id=info.image_id,
+            file_name=info.file_name,
+        )
+        return normalize(resized, self.cfg.mean, self.cfg.std), meta, targets
+
+    def _targets(self, index: int, size: tuple[int, int], scale: tuple[float, float], flip: bool) -> Targets:
+        info, anns = self._images[index], self._anns[index]
+        boxes = torch.tensor([a.box for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = boxes * torch.tensor([scale[0], scale[1], scale[0], scale[1]], dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])  # mmdet clips to img_shape after resize
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+        labels = torch.tensor([a.label for a in anns], dtype=torch.int64)
+        masks = None
+        if self.with_masks:
+            raster = np.stack([self._raster(a, info, i) for i, a in enumerate(anns)]) if anns else (
+                np.zeros((0, info.height, info.width), dtype=np.uint8)
+            )
+            masks = resize_masks(torch.from_numpy(raster), size)
+        if flip:
+            boxes = hflip_boxes(boxes, size[1])
+            masks = None if masks is None else hflip_masks(masks)
+        return Targets(boxes=boxes, labels=labels, masks=masks)
+
+    def _raster(self, ann: _Ann, info: _Img, k: int) -> np.ndarray:
+        """Polygons / RLE (compressed or not) -> uint8 [H, W] at the image's json size."""
+        h, w, seg = info.height, info.width, ann.segmentation
+        where = f"{self.ann_file}: image id {info.image_id}, annotation {k}"
+        try:
+            if isinstance(seg, list):
+                polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+                if not polys:
+                    return np.zeros((h, w), dtype=np.uint8)
+                rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+            elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+                if [int(v) for v in seg["size"]] != [h, w]:
+                    raise DatasetError(f"{where}: RLE size {seg['size']} differs from image size {[h, w]}")
+                rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+            else:
+                raise DatasetError(f"{where}: segmentation is neither polygons nor RLE")
+            with warnings.catch_warnings():  # pycocotools vs numpy 2 'copy' keyword notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+        except DatasetError:
+            raise
+        except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on bad input
+            raise DatasetError(f"{where}: cannot rasterise segmentation ({exc})") from exc
