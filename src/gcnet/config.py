@@ -180,6 +180,10 @@ class TrainConfig:
     log_interval: int = 50
     checkpoint_interval: int = 1
     eval_interval: int = 1
+    # Also save work_dir/latest.pth every this many optimiser steps (0 = only at epoch ends).
+    checkpoint_every_iters: int = 0
+    # DDP's find_unused_parameters: only for models whose steps leave trainable parameters unused.
+    find_unused_parameters: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,168 @@
+"""torch.distributed plumbing: torchrun environment, process group, DDP wrapping, small collectives.
+
+Launch with ``torchrun --nproc_per_node N -m gcnet train ...``; a plain ``python`` run is a single
+process. NCCL on CUDA, gloo on CPU. Every helper is a no-op (or the identity) without a group.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: ``rank`` of ``world_size``, ``local_rank`` on its node, ``device``."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+def init_distributed(
+    device: Optional[torch.device | str] = None, timeout_s: float = 1800.0
+) -> DistContext:
+    """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK variables.
+
+    ``device`` None picks ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. A world of one
+    process (no torchrun) initialises nothing. Already-initialised groups are reused.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if dist.is_available() and dist.is_initialized():
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+    if device is None:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group (if any) so the process can exit without hanging."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def find_free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for single-node process groups in tests and scripts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wrap_ddp(
+    model: nn.Module, device: torch.device | str, find_unused_parameters: bool = False
+) -> nn.Module:
+    """DDP-wrap ``model`` when running distributed; the model itself otherwise.
+
+    ``find_unused_parameters`` costs a graph walk per step, so it stays off unless a model has
+    trainable parameters that some steps do not use (the original's heads add zero terms instead).
+    Buffers are not broadcast each step (the original's ``broadcast_buffers=False``).
+    """
+    if get_world_size() == 1:
+        return model
+    device = torch.device(device)
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device.type == "cuda"
+    ) else None
+    # Newer torch renames the flag (forward_sync_buffers); older only has broadcast_buffers.
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        model,
+        device_ids=device_ids,
+        find_unused_parameters=find_unused_parameters,
+        **no_buffer_sync,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (whose state_dict keys carry no ``module.`` prefix)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over all processes (a detached copy; identity for one process)."""
+    out = tensor.detach().clone()
+    world = get_world_size()
+    if world > 1:
+        dist.all_reduce(out)
+        out /= world
+    return out
+
+
+def any_process(flag: bool, device: torch.device | str) -> bool:
+    """True when ``flag`` is set on at least one process (all processes get the same answer)."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (a one-element list without a group)."""
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

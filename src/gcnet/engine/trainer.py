@@ -1,0 +1,357 @@
+"""The training loop: data -> model -> losses -> optimiser, with three explicit callbacks
+(log, checkpoint, evaluate) and exact resume.
+
+One "iteration" is one optimiser step over ``train.grad_accum`` micro-batches. The lr is a function
+of (epoch, iteration), the sampler order a function of (seed, epoch), and RNG states are saved per
+rank, so a run killed after a checkpoint and resumed continues with the same losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gcnet.config import Config
+from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
+from gcnet.engine.distributed import (
+    all_gather_object,
+    all_reduce_mean,
+    any_process,
+    barrier,
+    get_rank,
+    get_world_size,
+    unwrap,
+    wrap_ddp,
+)
+from gcnet.engine.logger import TrainLogger
+from gcnet.engine.schedule import LRSchedule, build_optimizer, scaled_lr
+from gcnet.engine.sync_bn import convert_sync_batchnorm
+from gcnet.structures import Batch
+
+EvaluateFn = Callable[[nn.Module, int], Any]
+StepCallback = Callable[["Trainer", dict[str, float]], None]
+_AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The total loss became NaN or inf; the run stops without writing a checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Position in the schedule: ``epoch`` in progress (0-based) and optimiser steps done in it."""
+
+    epoch: int = 0
+    iter: int = 0
+    global_step: int = 0
+
+
+def is_loss_key(key: str) -> bool:
+    """The detector contract: loss terms start with ``loss`` or contain ``.loss``."""
+    return key.startswith("loss") or ".loss" in key
+
+
+def sum_losses(losses: Mapping[str, Tensor]) -> Tensor:
+    """Total loss = sum of the loss terms (other entries, e.g. accuracies, are only logged)."""
+    terms = [v.float().sum() for k, v in losses.items() if is_loss_key(k)]
+    if not terms:
+        raise ValueError(f"the model returned no loss terms (keys: {sorted(losses)})")
+    return torch.stack(terms).sum()
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch with ``seed + rank`` (per-rank streams for sampling/flips)."""
+    value = int(seed) + int(rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def _worker_init(worker_id: int) -> None:
+    # torch seeds each worker with base_seed + worker_id; derive Python/NumPy from it.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class _SkipFirst(Sampler[list[int]]):
+    """The epoch's batches minus the first ``skip`` (those a resumed run already consumed)."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]], skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)  # type: ignore[arg-type]
+
+
+class Trainer:
+    """Trains ``model`` (``model(images, metas, targets) -> dict of losses``) on ``dataset``.
+
+    ``batch_sampler`` yields this rank's batches of indices and has ``set_epoch``/``len`` (e.g.
+    ``gcnet.data.GroupedBatchSampler``). The model is moved to ``device``, its backbone BN
+    converted to SyncBN when ``cfg.model.backbone.norm == "syncbn"`` and running distributed,
+    then DDP-wrapped. ``step_callback(trainer, record)`` runs after every iteration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        batch_sampler: Sampler[list[int]],
+        cfg: Config,
+        work_dir: str | os.PathLike[str],
+        *,
+        collate_fn: Callable[[Sequence[Any]], Batch],
+        device: Optional[torch.device | str] = None,
+        evaluate_fn: Optional[EvaluateFn] = None,
+        step_callback: Optional[StepCallback] = None,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        tc = cfg.train
+        if tc.amp not in _AMP_DTYPES:
+            raise ValueError(f"train.amp must be None, 'bf16' or 'fp16', got {tc.amp!r}")
+        if tc.grad_accum < 1 or tc.epochs < 1 or tc.checkpoint_every_iters < 0:
+            raise ValueError(
+                f"train.grad_accum ({tc.grad_accum}) and train.epochs ({tc.epochs}) must be >= 1, "
+                f"train.checkpoint_every_iters ({tc.checkpoint_every_iters}) >= 0"
+            )
+        self.cfg, self.work_dir = cfg, Path(work_dir)
+        self.rank, self.world_size = get_rank(), get_world_size()
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device if device is not None else default)
+        model.to(self.device).train()
+        if cfg.model.backbone.norm == "syncbn" and self.world_size > 1:
+            convert_sync_batchnorm(getattr(model, "backbone", model), self.device)
+        self.module = model
+        self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
+        self.num_workers, self.progress = num_workers, progress
+        self.evaluate_fn, self.step_callback = evaluate_fn, step_callback
+        self.num_batches = len(batch_sampler)  # type: ignore[arg-type]
+        if self.num_batches < 1:
+            raise ValueError("Trainer: the batch sampler yields no batches (empty training set?)")
+        self.iters_per_epoch = math.ceil(self.num_batches / tc.grad_accum)
+        lr = scaled_lr(tc, cfg.data.images_per_gpu, self.world_size)
+        self.optimizer = build_optimizer(model, tc, lr)
+        self.schedule = LRSchedule(self.optimizer, tc, lr, self.iters_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
+        self.amp_dtype = _AMP_DTYPES[tc.amp]
+        self.model = wrap_ddp(model, self.device, tc.find_unused_parameters)
+        self.checkpointer = Checkpointer(self.work_dir, is_main=self.rank == 0)
+        self.state = TrainState()
+        self._stop_requested = False
+        self.logger: Optional[TrainLogger] = None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> Path:
+        """Train to ``train.epochs``; returns the final ``epoch_{n}.pth`` (or ``latest.pth`` when a
+        SIGTERM stopped the run early: it is saved at the next iteration boundary)."""
+        if resume:
+            self.resume()
+        total = self.cfg.train.epochs * self.iters_per_epoch
+        start = self.state.epoch * self.iters_per_epoch + self.state.iter
+        self.logger = TrainLogger(self.work_dir, total, start, self.cfg.train.log_interval,
+                                  enabled=self.rank == 0, progress=self.progress)
+        previous = self._install_sigterm()
+        try:
+            while self.state.epoch < self.cfg.train.epochs:
+                if not self._train_epoch():
+                    return self.checkpointer.latest
+                self.state.epoch += 1
+                self.state.iter = 0
+                self._on_epoch_end()
+                if any_process(self._stop_requested, self.device):
+                    return self.checkpointer.latest
+        finally:
+            self._restore_sigterm(previous)
+            self.logger.close()
+        return self.checkpointer.epoch_path(self.cfg.train.epochs)
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch; False when stopped early by a signal."""
+        st, accum = self.state, self.cfg.train.grad_accum
+        set_epoch = getattr(self.batch_sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(st.epoch)
+        # A private generator: creating the loader must not draw from the global RNG (resume).
+        generator = torch.Generator().manual_seed(
+            (self.cfg.train.seed * 1_000_003 + st.epoch * 7919 + self.rank) % 2**63
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_SkipFirst(self.batch_sampler, st.iter * accum),
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            worker_init_fn=_worker_init,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        batches = iter(loader)
+        tick = time.perf_counter()
+        while st.iter < self.iters_per_epoch:
+            n_micro = min(accum, self.num_batches - st.iter * accum)
+            micro = [next(batches) for _ in range(n_micro)]
+            data_done = time.perf_counter()
+            lr = self.schedule.set(st.epoch, st.iter)
+            values = self.run_step(micro)
+            st.iter += 1
+            st.global_step += 1
+            now = time.perf_counter()
+            record = {"epoch": st.epoch + 1, "iter": st.iter, "global_step": st.global_step,
+                      "lr": lr, **values, "time": now - tick, "data_time": data_done - tick}
+            if self.device.type == "cuda":
+                record["memory"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            tick = now
+            if not self._on_iter_end(record):
+                return False
+        return True
+
+    def run_step(self, batches: list[Batch]) -> dict[str, float]:
+        """One optimiser step over the micro-batches; returns the losses averaged over them
+        (and over processes) for logging."""
+        n = len(batches)
+        logged: dict[str, float] = {}
+        ddp = self.model is not self.module
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            sync = self.model.no_sync() if ddp and i < n - 1 else nullcontext()  # type: ignore[operator]
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    losses = self.model(batch.images, batch.metas, batch.targets)
+                total = sum_losses(losses)
+                values = self._reduce_for_log(total, losses)
+                if not math.isfinite(values["loss"]):
+                    self._raise_non_finite(values, i)
+                self.scaler.scale(total / n).backward()
+            for key, value in values.items():
+                logged[key] = logged.get(key, 0.0) + value / n
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return logged
+
+    def _reduce_for_log(self, total: Tensor, losses: Mapping[str, Tensor]) -> dict[str, float]:
+        keys = sorted(k for k, v in losses.items() if isinstance(v, Tensor) and v.numel() == 1)
+        stacked = torch.stack([total.detach().float()] + [losses[k].detach().float().reshape(()) for k in keys])
+        reduced = all_reduce_mean(stacked).tolist()  # every rank sees the same numbers
+        return {"loss": reduced[0], **dict(zip(keys, reduced[1:]))}
+
+    def _raise_non_finite(self, values: dict[str, float], micro: int) -> None:
+        st = self.state
+        raise NonFiniteLossError(
+            f"non-finite total loss at epoch {st.epoch + 1}, iteration {st.iter + 1} (global step "
+            f"{st.global_step + 1}, micro-batch {micro + 1}): {values}; stopping without saving, "
+            f"the last good checkpoint is {self.checkpointer.latest}"
+        )
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    def _on_iter_end(self, record: dict[str, float]) -> bool:
+        """Log, periodic checkpoint, user callback, SIGTERM check; False = stop now."""
+        assert self.logger is not None
+        self.logger.step(record)
+        last = self.state.iter == self.iters_per_epoch  # the epoch-end save follows anyway
+        every = self.cfg.train.checkpoint_every_iters
+        saved = False
+        if every and self.state.global_step % every == 0 and not last:
+            self.save()
+            saved = True
+        if self.step_callback is not None:
+            self.step_callback(self, record)
+        if not last and any_process(self._stop_requested, self.device):
+            if not saved:
+                self.save()
+            self.logger.write(f"stopped by SIGTERM; saved {self.checkpointer.latest}")
+            return False
+        return True
+
+    def _on_epoch_end(self) -> None:
+        epoch, tc = self.state.epoch, self.cfg.train
+        keep = epoch % max(tc.checkpoint_interval, 1) == 0 or epoch == tc.epochs
+        self.save(epoch_file=epoch if keep else None)
+        if self.evaluate_fn is not None and (epoch % max(tc.eval_interval, 1) == 0 or epoch == tc.epochs):
+            self.module.eval()
+            with torch.no_grad():
+                self.evaluate_fn(self.module, epoch)
+            self.module.train()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save(self, epoch_file: Optional[int] = None) -> Path:
+        """Checkpoint the full training state (collective: every rank must call it)."""
+        st = self.state
+        rng = all_gather_object(capture_rng_state())
+        extra = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "epoch": st.epoch,
+            "iter": st.iter,
+            "global_step": st.global_step,
+            "config": dataclasses.asdict(self.cfg),
+        }
+        names = getattr(self.module, "class_names", self.cfg.class_names)
+        meta = {"epoch": st.epoch, "iter": st.global_step, "class_names": list(names),
+                "config_name": self.cfg.name}
+        path = self.checkpointer.save(self.module, meta, extra, epoch_file)
+        barrier()
+        return path
+
+    def resume(self) -> bool:
+        """Restore everything from ``latest.pth``; False (and a fresh start) when there is none."""
+        if not self.checkpointer.latest.is_file():
+            if self.rank == 0:
+                print(f"resume: no {self.checkpointer.latest} yet, starting from scratch")
+            return False
+        ckpt = self.checkpointer.load()
+        self.module.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("grad_scaler"):
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        rng = ckpt["rng"]
+        if len(rng) != self.world_size:
+            raise ValueError(f"resume: {self.checkpointer.latest} was written by {len(rng)} processes, "
+                             f"this run has {self.world_size}; exact resume needs the same world size")
+        restore_rng_state(rng[self.rank])
+        self.state = TrainState(int(ckpt["epoch"]), int(ckpt["iter"]), int(ckpt["global_step"]))
+        return True
+
+    # -- SIGTERM ---------------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True  # acted upon at the next iteration boundary
+
+    def _install_sigterm(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _restore_sigterm(self, previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,124 @@
+"""DDP on CPU (2 gloo processes): a training step with SyncBN equals one process on the global
+batch, both for a bare SGD step and for the Trainer with gradient accumulation (no_sync)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from gcnet.config import BackboneConfig, ModelConfig
+from gcnet.engine import convert_sync_batchnorm, find_free_port, get_rank, get_world_size, unwrap, wrap_ddp
+
+torch.set_num_threads(1)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 6, 6, generator=g), torch.randn(4, 2, generator=g)
+
+
+def _sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(2):
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _trainer_run(work: Path, images_per_gpu: int, rank: int, world: int) -> None:
+    from test_trainer import TinyDetector, make_trainer, tiny_config
+
+    cfg = tiny_config(images_per_gpu=images_per_gpu, grad_accum=2, epochs=1)
+    cfg = cfg.__class__(model=ModelConfig(backbone=BackboneConfig(norm="syncbn")), data=cfg.data,
+                        train=cfg.train)
+    torch.manual_seed(0)
+    trainer = make_trainer(cfg, work, TinyDetector(), n=8, num_replicas=world, rank=rank)
+    trainer.fit()
+    torch.save(unwrap(trainer.model).state_dict(), work / f"state_{rank}.pt")
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    assert (get_rank(), get_world_size()) == (rank, world)
+    # bare step: 2 images per rank, SyncBN, DDP-averaged gradients
+    model = _net()
+    model.train()
+    convert_sync_batchnorm(model, "cpu")
+    ddp = wrap_ddp(model, "cpu")
+    assert ddp is not model
+    x, y = _data()
+    _sgd_steps(ddp, x[2 * rank : 2 * rank + 2], y[2 * rank : 2 * rank + 2])
+    torch.save(unwrap(ddp).state_dict(), Path(out) / f"bare_{rank}.pt")
+    # the Trainer: 1 image per rank per micro-batch, 2 micro-batches per step
+    _trainer_run(Path(out) / "ddp", 1, rank, world)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, find_free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.slow  # spawns 2 processes (~5-15 s to start)
+def test_ddp_syncbn_step_equals_single_process(out_dir: Path) -> None:
+    ref = _net()
+    x, y = _data()
+    _sgd_steps(ref, x, y)
+    expected = ref.state_dict()
+    for rank in range(2):
+        got = torch.load(out_dir / f"bare_{rank}.pt", weights_only=True)
+        assert list(got) == list(expected)  # SyncBN keeps BatchNorm2d's keys, no "module."
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_ddp_trainer_with_accumulation_equals_single_process(out_dir: Path, tmp_path: Path) -> None:
+    """2 ranks x 1 image x 2 micro-batches (SyncBN, no_sync) == 1 process x 2 images x 2."""
+    _trainer_run(tmp_path, 2, 0, 1)
+    expected = torch.load(tmp_path / "state_0.pt", weights_only=True)
+    for rank in range(2):
+        got = torch.load(out_dir / "ddp" / f"state_{rank}.pt", weights_only=True)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key].float(), value.float(), rtol=1e-5, atol=1e-5, msg=key)
+    read = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    ddp_log, single_log = read(out_dir / "ddp"), read(tmp_path)
+    assert len(ddp_log) == len(single_log) == 2  # rank 0 only writes
+    for a, b in zip(ddp_log, single_log):
+        assert a["lr"] == pytest.approx(b["lr"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gcnet.engine import init_distributed
+    from gcnet.engine.distributed import all_gather_object, any_process
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.device.type, ctx.is_main, ctx.distributed) == (0, 1, "cpu", True, False)
+    assert not dist.is_initialized()
+    model = nn.Linear(2, 2)
+    assert wrap_ddp(model, "cpu") is model and unwrap(model) is model
+    assert any_process(True, "cpu") and not any_process(False, "cpu")
+    assert all_gather_object({"a": 1}) == [{"a": 1}]
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        init_distributed("cpu")

@@ -1,0 +1,91 @@
+"""Exact resume after SIGKILL: a real (tiny) training run killed mid-epoch, after a checkpoint,
+then resumed, logs the same losses as a run that was never interrupted.
+
+Runs ``gcnet.engine.train`` (the real tiny detector on synthetic shapes, CPU, num_workers 0, one
+thread). The run to kill is a subprocess that SIGKILLs itself from a step callback, so the moment
+is deterministic: checkpoint at step 5 (epoch 2, iteration 1), killed at the end of step 6. The
+uninterrupted reference and the resumed run happen in this process (one slow start saved).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("gcnet.models.detector")
+from gcnet.engine import train  # noqa: E402
+from test_trainer import real_tiny_config  # noqa: E402
+
+torch.set_num_threads(1)
+
+TESTS = Path(__file__).resolve().parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_trainer import real_tiny_config
+    import gcnet.engine.trainer as trainer_mod
+    from gcnet.engine import train
+
+    data_root, work_dir = sys.argv[1:3]
+    original_init = trainer_mod.Trainer.__init__
+
+    def killer(trainer, record):
+        if record["global_step"] == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def init_with_killer(self, *args, **kwargs):
+        kwargs["step_callback"] = killer
+        original_init(self, *args, **kwargs)
+
+    trainer_mod.Trainer.__init__ = init_with_killer
+    cfg = real_tiny_config(data_root, num_train=8, epochs=2, checkpoint_every_iters=5)
+    train(cfg, work_dir, device="cpu")
+    """
+).format(tests=str(TESTS))
+
+
+def _run_and_kill(script: Path, data: Path, work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), str(data), str(work)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _records(work: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "data_time")} for r in rows]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    data = tmp_path / "data"
+
+    cfg = real_tiny_config(data, num_train=8, epochs=2, checkpoint_every_iters=5)
+    train(cfg, tmp_path / "full", device="cpu")
+    reference = _records(tmp_path / "full")
+    assert [r["global_step"] for r in reference] == list(range(1, 9))
+
+    killed = _run_and_kill(script, data, tmp_path / "cut")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    before = _records(tmp_path / "cut")
+    assert [r["global_step"] for r in before] == list(range(1, 7))
+    ckpt = torch.load(tmp_path / "cut" / "latest.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["iter"], ckpt["global_step"]) == (1, 1, 5)  # mid-epoch 2
+    assert not (tmp_path / "cut" / "epoch_2.pth").exists()
+
+    train(cfg, tmp_path / "cut", resume=True, device="cpu")
+    after = _records(tmp_path / "cut")[len(before):]
+    assert [r["global_step"] for r in after] == [6, 7, 8]
+    assert after == reference[5:]  # exactly the same floats (losses, lr) as the uninterrupted run
+    assert (tmp_path / "cut" / "epoch_2.pth").is_file()
