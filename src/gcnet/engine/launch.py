@@ -53,7 +53,7 @@ def train(
             num_replicas=ctx.world_size,
             rank=ctx.rank,
         )
-        model = build_model(cfg.model, cfg.class_names)
+        model = build_model(cfg.model, cfg.class_names, load_pretrained=True)  # resume overwrites it
         trainer = Trainer(
             model,
             dataset,

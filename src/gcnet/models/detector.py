@@ -1,0 +1,87 @@
+"""The two-stage detector: backbone -> FPN -> RPN -> RoI heads, in that visible order.
+
+Child names (``backbone``, ``neck``, ``rpn_head``, ``roi_head``) are the original's, so a published
+mmdetection checkpoint's ``state_dict`` loads with no renaming.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from gcnet.config import COCO_CLASSES, ModelConfig
+from gcnet.models.backbone import ResNet, load_imagenet_weights
+from gcnet.models.neck import FPN
+from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
+from gcnet.models.rpn import RPNHead
+from gcnet.structures import Detections, ImageMeta, Targets
+
+DetectorOutput = Union[dict[str, Tensor], list[Detections]]
+
+
+class TwoStageDetector(nn.Module):
+    """Mask R-CNN (one RoI stage) or Cascade Mask R-CNN (three), chosen by ``cfg.roi.stages``."""
+
+    def __init__(self, cfg: ModelConfig, class_names: tuple[str, ...] = COCO_CLASSES) -> None:
+        super().__init__()
+        if len(class_names) != cfg.roi.num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names given for a head with {cfg.roi.num_classes} classes"
+            )
+        self.cfg = cfg
+        self.class_names = tuple(class_names)
+        self.backbone = ResNet(cfg.backbone)
+        self.neck = FPN(cfg.neck)
+        self.rpn_head = RPNHead(cfg.rpn)
+        head_type = CascadeRoIHead if cfg.roi.cascade else StandardRoIHead
+        self.roi_head = head_type(cfg.roi, with_mask=cfg.with_mask)
+
+    def extract_features(self, images: Tensor) -> list[Tensor]:
+        """Backbone c2..c5 -> FPN p2..p6."""
+        return self.neck(self.backbone(images))
+
+    def forward(
+        self,
+        images: Tensor,
+        metas: list[ImageMeta],
+        targets: list[Targets] | None = None,
+    ) -> DetectorOutput:
+        """Losses when ``targets`` are given, else per-image detections in original-image pixels.
+
+        ``images`` is the normalised batch padded to a multiple of 32; ``metas`` say where each
+        image lies in it (``img_shape``) and how it maps back to the original (``scale_factor``).
+        """
+        if len(metas) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images in the batch but {len(metas)} metas")
+        feats = self.extract_features(images)
+        proposals, rpn_losses = self.rpn_head(feats, metas, targets)
+        if targets is None:
+            detections = self.roi_head(feats, proposals, metas)
+            return [_named(d, self.class_names) for d in detections]
+        roi_losses = self.roi_head(feats, proposals, metas, targets)
+        return {**rpn_losses, **roi_losses}
+
+
+def _named(detections: Detections, class_names: tuple[str, ...]) -> Detections:
+    detections.class_names = class_names
+    return detections
+
+
+def total_loss(losses: dict[str, Tensor]) -> Tensor:
+    """Sum of every loss term of a detector's loss dict."""
+    return torch.stack([value for key, value in losses.items() if "loss" in key]).sum()
+
+
+def build_model(
+    cfg: ModelConfig,
+    class_names: tuple[str, ...] = COCO_CLASSES,
+    load_pretrained: bool = False,
+) -> TwoStageDetector:
+    """Build the detector for ``cfg``; with ``load_pretrained`` the backbone starts from the ImageNet
+    weights named by ``cfg.backbone.pretrained`` (as the original starts training)."""
+    model = TwoStageDetector(cfg, class_names)
+    if load_pretrained and cfg.backbone.pretrained:
+        load_imagenet_weights(model.backbone, cfg.backbone.pretrained)
+    return model
