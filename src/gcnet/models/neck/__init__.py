@@ -1,0 +1,5 @@
+"""Necks: the FPN."""
+
+from gcnet.models.neck.fpn import FPN
+
+__all__ = ["FPN"]

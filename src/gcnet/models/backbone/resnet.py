@@ -1,0 +1,242 @@
+"""ResNet / ResNeXt for detection, with GC blocks and deformable convs where the config asks.
+
+Layout and key names are the original's (mmdet ``ResNet``/``ResNeXt``, style 'pytorch'):
+``conv1``/``bn1`` stem, ``layer1..layer4`` of blocks with ``conv{1,2,3}``/``bn{1,2,3}``,
+``downsample.{0,1}``, ``context_block.*`` (GC) and ``conv2.conv_offset.*`` (DCN).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import Tensor, nn
+
+from gcnet.config import BackboneConfig
+from gcnet.layers import ContextBlock, DeformConv2dPack, build_norm
+
+ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def _conv3x3(
+    in_channels: int, out_channels: int, stride: int, groups: int, deformable: bool
+) -> Union[nn.Conv2d, DeformConv2dPack]:
+    """The block's 3x3 conv; DCN v1 keeps its ``weight`` key, so ImageNet weights still load."""
+    if deformable:
+        return DeformConv2dPack(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups)
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def _context_block(cfg: BackboneConfig, channels: int, enabled: bool) -> Optional[ContextBlock]:
+    if not enabled or cfg.gc_ratio is None:
+        return None
+    block = ContextBlock(channels, cfg.gc_ratio, cfg.gc_pooling, cfg.gc_fusions)
+    block.fuse_inplace = True  # its input (the last norm's output) is read by nothing else
+    return block
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: 3x3 (stride) -> 3x3, then [GC] -> + identity -> ReLU.
+
+    The original allows no plugins here; we place a GC block after conv2 -> bn2 (the last conv,
+    the same role as after_conv3 in a bottleneck) and DCN on conv2.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        cfg: BackboneConfig,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        downsample: Optional[nn.Sequential],
+        with_gc: bool,
+        with_dcn: bool,
+    ) -> None:
+        super().__init__()
+        if cfg.groups != 1 or cfg.base_width != 64:
+            raise ValueError(
+                f"BackboneConfig: depth {cfg.depth} uses BasicBlock, which supports only groups=1 and "
+                f"base_width=64 (got groups={cfg.groups}, base_width={cfg.base_width})"
+            )
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = build_norm(cfg.norm, planes)
+        self.conv2 = _conv3x3(planes, planes, 1, 1, with_dcn)
+        self.bn2 = build_norm(cfg.norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.context_block = _context_block(cfg, planes, with_gc)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.context_block is not None:
+            out = self.context_block(out)  # GC block: after the last conv + norm, before the add
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride, grouped for ResNeXt, optionally DCN) -> 1x1 (x4), [GC], + identity, ReLU."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        cfg: BackboneConfig,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        downsample: Optional[nn.Sequential],
+        with_gc: bool,
+        with_dcn: bool,
+    ) -> None:
+        super().__init__()
+        # ResNeXt width rule of the original: floor(planes * base_width / base_channels) * groups.
+        if cfg.groups == 1:
+            width = planes
+        else:
+            width = (planes * cfg.base_width // cfg.base_channels) * cfg.groups
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = build_norm(cfg.norm, width)
+        # style 'pytorch': the stride sits on the 3x3 conv.
+        self.conv2 = _conv3x3(width, width, stride, cfg.groups, with_dcn)
+        self.bn2 = build_norm(cfg.norm, width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = build_norm(cfg.norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.context_block = _context_block(cfg, out_channels, with_gc)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.context_block is not None:
+            # GC block: after conv3 -> bn3, before the residual add (original: 'after_conv3').
+            out = self.context_block(out)
+        return self.relu(out + identity)
+
+
+def _validate(cfg: BackboneConfig) -> None:
+    if cfg.depth not in ARCH_SETTINGS:
+        raise ValueError(f"BackboneConfig.depth: {cfg.depth} is not one of {sorted(ARCH_SETTINGS)}")
+    if cfg.groups < 1 or cfg.base_width < 1 or cfg.base_channels < 1:
+        raise ValueError(
+            f"BackboneConfig: groups, base_width and base_channels must be >= 1 (got {cfg.groups}, "
+            f"{cfg.base_width}, {cfg.base_channels})"
+        )
+    for name in ("gc_stages", "dcn_stages"):
+        if len(getattr(cfg, name)) != 4:
+            raise ValueError(f"BackboneConfig.{name}: needs 4 flags (c2..c5), got {getattr(cfg, name)}")
+    if not -1 <= cfg.frozen_stages <= 4:
+        raise ValueError(f"BackboneConfig.frozen_stages: {cfg.frozen_stages} not in -1..4")
+    if not cfg.out_indices or any(i not in range(4) for i in cfg.out_indices):
+        raise ValueError(f"BackboneConfig.out_indices: {cfg.out_indices} must be a non-empty subset of 0..3")
+    if list(cfg.out_indices) != sorted(set(cfg.out_indices)):
+        raise ValueError(f"BackboneConfig.out_indices: {cfg.out_indices} must be increasing, no repeats")
+
+
+class ResNet(nn.Module):
+    """ResNet-18..152 and ResNeXt (``groups``/``base_width``) returning c2..c5 for ``out_indices``.
+
+    ``train()`` re-applies the original's training conventions every time: the stem and
+    ``layer1..layer{frozen_stages}`` get no gradients and stay in eval mode, and with
+    ``norm_eval`` every BatchNorm keeps its running statistics (eval mode) while training.
+    """
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        _validate(cfg)
+        self.cfg = cfg
+        kind, stage_blocks = ARCH_SETTINGS[cfg.depth]
+        block: type[Union[BasicBlock, Bottleneck]] = BasicBlock if kind == "basic" else Bottleneck
+        self.frozen_stages = cfg.frozen_stages
+        self.norm_eval = cfg.norm_eval
+        self.out_indices = tuple(cfg.out_indices)
+
+        stem = cfg.base_channels
+        self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = build_norm(cfg.norm, stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        inplanes = stem
+        stage_channels: list[int] = []
+        for i, num_blocks in enumerate(stage_blocks):
+            planes = cfg.base_channels * 2**i
+            stride = 1 if i == 0 else 2
+            layer = self._make_layer(
+                block, inplanes, planes, num_blocks, stride, cfg.gc_stages[i], cfg.dcn_stages[i]
+            )
+            self.add_module(f"layer{i + 1}", layer)
+            inplanes = planes * block.expansion
+            stage_channels.append(inplanes)
+        self.out_channels: list[int] = [stage_channels[i] for i in self.out_indices]
+        self._freeze_stages()
+
+    def _make_layer(
+        self,
+        block: type[Union[BasicBlock, Bottleneck]],
+        inplanes: int,
+        planes: int,
+        num_blocks: int,
+        stride: int,
+        with_gc: bool,
+        with_dcn: bool,
+    ) -> nn.Sequential:
+        out_channels = planes * block.expansion
+        downsample = None
+        if stride != 1 or inplanes != out_channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out_channels, 1, stride=stride, bias=False),
+                build_norm(self.cfg.norm, out_channels),
+            )
+        blocks = [block(self.cfg, inplanes, planes, stride, downsample, with_gc, with_dcn)]
+        for _ in range(1, num_blocks):
+            blocks.append(block(self.cfg, out_channels, planes, 1, None, with_gc, with_dcn))
+        return nn.Sequential(*blocks)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem (as conv1 + bn1) and the first ``frozen_stages`` layers."""
+        if self.frozen_stages < 0:
+            return []
+        mods: list[nn.Module] = [self.conv1, self.bn1]
+        mods += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+        return mods
+
+    def _freeze_stages(self) -> None:
+        for module in self.frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"ResNet expects a [N, 3, H, W] image batch, got {tuple(x.shape)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs: list[Tensor] = []
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if i in self.out_indices:
+                outs.append(x)
+            if i == self.out_indices[-1]:
+                break
+        return outs
