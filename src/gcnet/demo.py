@@ -54,8 +54,8 @@ def demo_config() -> Config:
     )
     data = DataConfig(scale=(DEMO_IMAGE_SIZE[1], DEMO_IMAGE_SIZE[0]), images_per_gpu=4,
                       workers_per_gpu=1)
-    train = TrainConfig(lr=0.04, scale_lr=False, warmup_iters=100, epochs=12, milestones=(9, 11),
-                        log_interval=20)
+    train = TrainConfig(lr=0.02, grad_clip=10.0, scale_lr=False, warmup_iters=100, epochs=12, milestones=(9, 11),
+                        log_interval=20, eval_interval=4)
     return Config(name=DEMO_NAME, model=model, data=data, train=train, class_names=SHAPE_CLASSES)
 
 
@@ -67,8 +67,6 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     """
     from gcnet.engine import train
     from gcnet.inference import predict
-    from gcnet.checkpoint import load_checkpoint
-    from gcnet.models.detector import build_model
     from gcnet.tasks import evaluate_model
     from gcnet.visualise import save_visualisation
 
@@ -85,18 +83,20 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
         val_ann=paths["val_ann"], val_images=paths["val_images"]))
     cfg = apply_overrides(cfg, list(overrides))
 
+    history: list[dict[str, Any]] = []
+
+    def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
+        stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data, progress=False)
+        history.append({"epoch": epoch, "bbox_AP": stats["bbox"][0], "segm_AP": stats["segm"][0]})
+        return stats
+
     start = time.perf_counter()
     final = train(cfg, work_dir / "train", resume=(work_dir / "train" / "latest.pth").exists(),
-                  device="cpu")
-    times["train_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    model = build_model(cfg.model, cfg.class_names)
-    load_checkpoint(model, final)
-    model.eval()
-    stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data)
-    times["eval_s"] = time.perf_counter() - start
-
+                  device="cpu", evaluate_fn=evaluate)
+    times["train_and_eval_s"] = time.perf_counter() - start
+    if not history:  # resumed after the last epoch had been evaluated: evaluate once more
+        evaluate(_load(cfg, final), cfg.train.epochs)
+    model = _load(cfg, final)
     val = json.loads(Path(paths["val_ann"]).read_text())
     for image in val["images"][:num_visualised]:
         rgb = load_image(Path(paths["val_images"]) / image["file_name"])
@@ -104,13 +104,21 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
         save_visualisation(rgb, det, work_dir / "vis" / f"{Path(image['file_name']).stem}.png", 0.5)
 
     summary = {
-        "bbox_AP": stats["bbox"][0], "segm_AP": stats["segm"][0],
-        "bbox_AP50": stats["bbox"][1], "segm_AP50": stats["segm"][1],
+        "bbox_AP": history[-1]["bbox_AP"], "segm_AP": history[-1]["segm_AP"], "history": history,
         "checkpoint": str(final), "visualisations": str(work_dir / "vis"),
         **{k: round(v, 1) for k, v in times.items()},
     }
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _load(cfg: Config, checkpoint: Path) -> torch.nn.Module:
+    from gcnet.checkpoint import load_checkpoint
+    from gcnet.models.detector import build_model
+
+    model = build_model(cfg.model, cfg.class_names)
+    load_checkpoint(model, checkpoint)
+    return model.eval()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -52,30 +52,41 @@ def predict(
 ) -> list[Detections]:
     """Detect objects in ``images`` with the test pipeline of ``data_cfg``.
 
-    Returns one :class:`Detections` per image: ``boxes`` float xyxy in original-image pixels,
+    Images are batched (up to ``batch_size``) only with images of the same padded size, so the
+    results equal one-at-a-time inference. Returns one :class:`Detections` per image, in order: ``boxes`` float xyxy in original-image pixels,
     ``scores``, 0-based ``labels`` (names in ``label_names``) and bool ``masks`` of the original
     image size. ``dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the model under autocast.
     """
-    single = isinstance(images, (str, Path, Image.Image, np.ndarray))
-    items: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item]
+    items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    results: list[Detections] = []
+    arrays = [to_rgb_array(item) for item in items]
+    samples = [(*preprocess(array, data_cfg), None) for array in arrays]
+    results: list[Detections | None] = [None] * len(samples)
     try:
-        for chunk in _chunks(items, batch_size):
-            samples = [(*preprocess(to_rgb_array(item), data_cfg), None) for item in chunk]
-            batch = collate(samples).to(device)
+        for group in _same_padded_size(samples, data_cfg.size_divisor, batch_size):
+            batch = collate([samples[i] for i in group], size_divisor=data_cfg.size_divisor).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 detections = model(batch.images, batch.metas)
-            results.extend(d.to("cpu") for d in detections)
+            for i, det in zip(group, detections):
+                results[i] = det.to("cpu")
     finally:
         model.train(was_training)
-    return results
+    return results  # type: ignore[return-value]
 
 
-def _chunks(items: list[ImageInput], size: int) -> Iterable[list[ImageInput]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _same_padded_size(samples: list, divisor: int, batch_size: int) -> Iterable[list[int]]:
+    """Batches of image indices that share one padded size, so that no image is padded beyond its
+    own multiple of ``divisor``: batched results then equal one-at-a-time results."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (image, _meta, _) in enumerate(samples):
+        h, w = image.shape[-2:]
+        groups.setdefault((-(-h // divisor), -(-w // divisor)), []).append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]
+
+

@@ -97,7 +97,9 @@ def _resize_linear_u8(img: Tensor, out_h: int, out_w: int) -> Tensor:
 
 
 def _as_hwc_tensor(image: ArrayLike, name: str) -> Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if isinstance(image, np.ndarray):  # read-only arrays (e.g. np.asarray of a PIL image) are copied
+        image = np.ascontiguousarray(image) if image.flags.writeable else np.array(image)
+    tensor = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(image).__name__}")
     if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[2] != 3:

@@ -1,0 +1,97 @@
+"""The user-facing entries: predict() on paths / PIL / arrays, batching, and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gcnet.checkpoint import save_checkpoint
+from gcnet.cli import main
+from gcnet.demo import demo_config
+from gcnet.inference import predict
+from gcnet.models.detector import build_model
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = demo_config()
+    model = build_model(cfg.model, cfg.class_names)
+    with torch.no_grad():  # make the box classifier confident enough that detections exist
+        model.roi_head.bbox_head.fc_cls.bias[:-1] += 3.0
+    return model.eval()
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(((120, 160), (160, 150), (120, 160))):
+        array = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        array[20:70, 30:90] = (250, 40, 40)
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_accepts_paths_pil_and_arrays_and_batches_like_singles(demo_model, tmp_path) -> None:
+    cfg = demo_config()
+    paths = _images(tmp_path)
+    singles = [predict(demo_model, p, cfg.data)[0] for p in paths]
+    batched = predict(demo_model, paths, cfg.data, batch_size=3)
+    assert len(batched) == 3
+    assert sum(len(d) for d in singles) > 0
+    for one, many, path in zip(singles, batched, paths):
+        h, w = Image.open(path).size[::-1]
+        assert one.masks is not None and one.masks.shape[1:] == (h, w)
+        assert one.masks.dtype == torch.bool
+        torch.testing.assert_close(one.boxes, many.boxes, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(one.scores, many.scores, rtol=1e-4, atol=1e-5)
+        assert torch.equal(one.labels, many.labels)
+    from_pil = predict(demo_model, Image.open(paths[0]), cfg.data)[0]
+    from_array = predict(demo_model, np.asarray(Image.open(paths[0])), cfg.data)[0]
+    assert torch.equal(from_pil.boxes, singles[0].boxes) and torch.equal(from_array.boxes, singles[0].boxes)
+    assert set(singles[0].label_names) <= set(cfg.class_names)
+
+
+def test_predict_rejects_bad_arrays(demo_model) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        predict(demo_model, np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="unsupported"):
+        predict(demo_model, 3)  # type: ignore[arg-type]
+
+
+def test_cli_predict_writes_pngs_and_json(demo_model, tmp_path) -> None:
+    ckpt = save_checkpoint(tmp_path / "demo.pth", demo_model)
+    paths = _images(tmp_path)[:2]
+    out = tmp_path / "out"
+    argv = ["predict", "gcnet-demo", "--checkpoint", str(ckpt), *map(str, paths), "--out", str(out),
+            "--score-thr", "0.0"]
+    assert main(argv) == 0
+    for path in paths:
+        image = Image.open(out / f"{path.stem}.png")
+        assert image.size == Image.open(path).size
+    records = json.loads((out / "detections.json").read_text())
+    assert records and {"file_name", "bbox", "score", "label", "category_name", "segmentation"} <= set(records[0])
+    assert {r["file_name"] for r in records} <= {str(p) for p in paths}
+
+
+def test_cli_errors_are_messages_not_traces(tmp_path, capsys) -> None:
+    assert main(["predict", "no-such-config", "--checkpoint", "x", "a.png", "--out", str(tmp_path)]) == 2
+    assert "no-such-config" in capsys.readouterr().err
+    assert main(["predict", "gcnet-demo", "--checkpoint", str(tmp_path / "missing.pth"), "a.png",
+                 "--out", str(tmp_path)]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert main(["train", "gcnet-demo", "--set", "train.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_cli_zoo_lists_the_19_models(capsys) -> None:
+    assert main(["zoo"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 20 and lines[2].startswith("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco")
