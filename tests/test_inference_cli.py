@@ -95,3 +95,24 @@ def test_cli_zoo_lists_the_19_models(capsys) -> None:
     assert main(["zoo"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 20 and lines[2].startswith("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco")
+
+
+def test_cli_train_then_test_on_the_synthetic_set(tmp_path, capsys) -> None:
+    from gcnet.data import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(96, 96), seed=1)
+    work = tmp_path / "work"
+    overrides = ["--set", "train.epochs=1", "--set", "train.warmup_iters=2", "--set", "data.workers_per_gpu=0",
+                 "--set", "data.scale=(96, 96)", "--set", "data.images_per_gpu=2"]
+    assert main(["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
+                 "--work-dir", str(work), *overrides]) == 0
+    assert (work / "epoch_1.pth").is_file() and (work / "log.jsonl").is_file()
+    out = tmp_path / "results.json"
+    assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data", paths["val_ann"],
+                 "--images", paths["val_images"], "--out", str(out), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "Average Precision" in printed and "segm" in printed
+    assert isinstance(json.loads(out.read_text()), list)
+    assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data",
+                 str(tmp_path / "nope.json"), "--images", paths["val_images"]]) == 2
+    assert "nope.json" in capsys.readouterr().err
