@@ -105,6 +105,18 @@ class RoIStageConfig:
     smooth_l1_beta: float = 1.0
 
 
+def cascade_stages() -> tuple[RoIStageConfig, RoIStageConfig, RoIStageConfig]:
+    """Cascade Mask R-CNN's three stages: IoU 0.5/0.6/0.7 without low-quality matches, halving
+    box-coder stds, loss weights 1/0.5/0.25, class-agnostic regression with SmoothL1 (beta 1)."""
+    stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
+    return tuple(  # type: ignore[return-value]
+        RoIStageConfig(target_stds=s, reg_class_agnostic=True, pos_iou=iou, neg_iou=iou,
+                       min_pos_iou=iou, match_low_quality=False, loss_weight=w,
+                       loss_bbox="smooth_l1", smooth_l1_beta=1.0)
+        for s, iou, w in zip(stds, (0.5, 0.6, 0.7), (1.0, 0.5, 0.25))
+    )
+
+
 @dataclass(frozen=True)
 class RoIConfig:
     num_classes: int = 80

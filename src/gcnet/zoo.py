@@ -19,7 +19,7 @@ from gcnet.config import (
     Config,
     ModelConfig,
     RoIConfig,
-    RoIStageConfig,
+    cascade_stages,
     RPNConfig,
 )
 
@@ -37,15 +37,6 @@ __all__ = [
 
 _CKPT_ROOT = "https://download.openmmlab.com/mmdetection/v2.0/gcnet"
 _SHA_IN_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
-
-# Cascade R-CNN's three stages (mmdet `_base_/models/cascade-mask-rcnn_r50_fpn.py`).
-CASCADE_STDS: tuple[tuple[float, float, float, float], ...] = (
-    (0.1, 0.1, 0.2, 0.2),
-    (0.05, 0.05, 0.1, 0.1),
-    (0.033, 0.033, 0.067, 0.067),
-)
-CASCADE_IOUS: tuple[float, ...] = (0.5, 0.6, 0.7)
-CASCADE_LOSS_WEIGHTS: tuple[float, ...] = (1.0, 0.5, 0.25)
 
 _PRETRAINED = {
     (50, 1): "torchvision://resnet50",
@@ -142,20 +133,7 @@ def cascade_mask_rcnn_config(
     (allowed_border 0, SmoothL1 beta 1/9, 2000 train proposals), as the original's base config does.
     """
     base = mask_rcnn_config(backbone, name=name, class_names=class_names)
-    stages = tuple(
-        RoIStageConfig(
-            target_stds=stds,
-            reg_class_agnostic=True,
-            pos_iou=iou,
-            neg_iou=iou,
-            min_pos_iou=iou,
-            match_low_quality=False,
-            loss_weight=weight,
-            loss_bbox="smooth_l1",
-            smooth_l1_beta=1.0,
-        )
-        for stds, iou, weight in zip(CASCADE_STDS, CASCADE_IOUS, CASCADE_LOSS_WEIGHTS)
-    )
+    stages = cascade_stages()
     rpn: RPNConfig = replace(
         base.model.rpn,
         allowed_border=0,

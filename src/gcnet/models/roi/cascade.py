@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gcnet.boxes import DeltaXYWHBBoxCoder
-from gcnet.config import RoIConfig, RoIStageConfig
+from gcnet.config import RoIConfig, RoIStageConfig, cascade_stages  # noqa: F401 (re-exported)
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes, regress_by_label
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
 from gcnet.models.roi.inference import multiclass_nms, to_detections
@@ -29,27 +29,6 @@ from gcnet.models.roi.targets import (
     stage_samplers,
 )
 from gcnet.structures import Detections, ImageMeta, Targets
-
-
-def cascade_stages() -> tuple[RoIStageConfig, RoIStageConfig, RoIStageConfig]:
-    """The original's three stages: IoU 0.5/0.6/0.7, halving stds, weights 1/0.5/0.25, smooth L1."""
-    stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
-    ious = (0.5, 0.6, 0.7)
-    weights = (1.0, 0.5, 0.25)
-    return tuple(  # type: ignore[return-value]
-        RoIStageConfig(
-            target_stds=s,
-            reg_class_agnostic=True,
-            pos_iou=iou,
-            neg_iou=iou,
-            min_pos_iou=iou,
-            match_low_quality=False,
-            loss_weight=w,
-            loss_bbox="smooth_l1",
-            smooth_l1_beta=1.0,
-        )
-        for s, iou, w in zip(stds, ious, weights)
-    )
 
 
 class CascadeRoIHead(nn.Module):
