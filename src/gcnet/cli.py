@@ -55,6 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--peer", action="store_true", help="also measure torchvision's Mask R-CNN")
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
 
     p = sub.add_parser("export", help="export to torch.export and ONNX")
     _add_config(p)

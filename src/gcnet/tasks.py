@@ -197,7 +197,7 @@ def cli_bench(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, args.overrides)
     results = run_bench(cfg, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-                        compile=args.compile, iters=args.iters, peer=args.peer)
+                        compile=args.compile, iters=args.iters, peer=args.peer, train=args.train)
     for result in results:
         print(format_row(result, args.config))
     return 0

@@ -1,0 +1,607 @@
+"""Speed and memory measurements, done the way the original measured its model-zoo table.
+
+Inference (the original's ``tools/analysis_tools/benchmark.py``): batch 1, the test pipeline's image
+size, the first ``warmup`` iterations excluded, the device synchronised around each timed call,
+forward + post-processing (mask pasting into the original image size) inside the timer, data loading
+and pre-processing outside it. fps = timed images / total timed seconds.
+Memory (the original's "Mem (GB)"): ``torch.cuda.max_memory_allocated`` during training at 2 images
+per device. On CPU there is no allocator counter, so we report the growth of the process's resident
+set size, sampled every few milliseconds (approximate, and stated as such in ``mem_note``).
+
+Default input: a 640x427 (w x h) image, the most common COCO val2017 size; the test pipeline resizes it
+to 800x1199 and pads it to 800x1216.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gcnet.config import Config, DataConfig
+from gcnet.structures import ImageMeta, Targets
+
+DType = Literal["fp32", "bf16", "fp16"]
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (427, 640)
+_AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ImageSource = Union[tuple[int, int], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One measurement: per-iteration times (ms), peak memory and how it was obtained."""
+
+    name: str
+    mode: Literal["inference", "train"]
+    device: str
+    dtype: str
+    compiled: bool
+    input_shape: tuple[int, int]  # padded network input (h, w) of the first timed batch
+    batch_size: int
+    times_ms: tuple[float, ...]
+    peak_mem_mb: Optional[float]
+    mem_note: str
+    detections_per_image: Optional[float] = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def iters(self) -> int:
+        return len(self.times_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return float(statistics.median(self.times_ms))
+
+    @property
+    def mean_ms(self) -> float:
+        return float(statistics.fmean(self.times_ms))
+
+    @property
+    def fps(self) -> float:
+        """Images per second over the timed iterations (the original's definition)."""
+        return 1000.0 * self.batch_size / self.mean_ms
+
+    @property
+    def peak_mem_gb(self) -> Optional[float]:
+        return None if self.peak_mem_mb is None else self.peak_mem_mb / 1024.0
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def resized_shape(image_size: tuple[int, int], data: DataConfig = DataConfig()) -> tuple[int, int]:
+    """The test pipeline's keep-ratio resize: factor = min(long/L, short/S), size = int(x*f + 0.5)."""
+    oh, ow = image_size
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"image_size must be a positive (h, w), got {image_size}")
+    long_max, short_max = max(data.scale), min(data.scale)
+    factor = min(long_max / max(oh, ow), short_max / min(oh, ow))
+    return int(oh * factor + 0.5), int(ow * factor + 0.5)
+
+
+def _pad_to(n: int, divisor: int) -> int:
+    return int(math.ceil(n / divisor) * divisor)
+
+
+def synthetic_input(
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    data: DataConfig = DataConfig(),
+    batch_size: int = 1,
+    seed: int = 0,
+) -> tuple[Tensor, list[ImageMeta]]:
+    """A normalised, zero-padded batch as the test pipeline would produce for images of ``image_size``.
+
+    Pixels are seeded standard-normal noise (what normalised pixels look like to the network).
+    """
+    h, w = resized_shape(image_size, data)
+    hp, wp = _pad_to(h, data.size_divisor), _pad_to(w, data.size_divisor)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.zeros(batch_size, 3, hp, wp)
+    images[:, :, :h, :w] = torch.randn(batch_size, 3, h, w, generator=gen)
+    meta = ImageMeta(img_shape=(h, w), ori_shape=tuple(image_size), scale_factor=(w / image_size[1], h / image_size[0]))
+    return images, [meta] * batch_size
+
+
+def _real_inputs(images: Sequence[np.ndarray], data: DataConfig) -> list[tuple[Tensor, list[ImageMeta]]]:
+    """Each uint8 HWC RGB image through ``gcnet.data.preprocess``, padded as the collate step does."""
+    from gcnet.data import preprocess  # the data package is optional for synthetic benchmarks
+
+    batches = []
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"images[{i}]: expected a uint8 HxWx3 array, got {type(image).__name__}")
+        tensor, meta = preprocess(image, data)
+        h, w = tensor.shape[-2:]
+        hp, wp = _pad_to(h, data.size_divisor), _pad_to(w, data.size_divisor)
+        batch = tensor.new_zeros(1, 3, hp, wp)
+        batch[0, :, :h, :w] = tensor
+        batches.append((batch, [meta]))
+    return batches
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels so a timer measures the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type not in ("cpu", "meta") and hasattr(torch, "accelerator"):
+        torch.accelerator.synchronize(device)
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast for "bf16" / "fp16", a no-op for "fp32"."""
+    if dtype not in _AMP_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_AMP_DTYPES)}, got {dtype!r}")
+    amp = _AMP_DTYPES[dtype]
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):  # not a POSIX system
+    _PAGE = 4096
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return None
+
+
+class _MemoryMeter:
+    """Peak memory over a block: CUDA allocator peak, or sampled RSS growth on CPU."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mb: Optional[float] = None
+        self.note = ""
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._base = 0
+        self._peak = 0
+
+    def __enter__(self) -> "_MemoryMeter":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.note = "torch.cuda.max_memory_allocated (allocated, not reserved)"
+        else:
+            base = _rss_bytes()
+            if base is None:
+                self.note = "no memory counter on this platform"
+                return self
+            self._base = self._peak = base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+            self.note = "CPU: growth of the resident set size (RSS) over the run, sampled every 5 ms (approximate)"
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            rss = _rss_bytes() or 0
+            self._peak = max(self._peak, rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes() or 0)
+            self.peak_mb = (self._peak - self._base) / 2**20
+
+
+def _timed_loop(
+    step: Callable[[int], Any], device: torch.device, warmup: int, iters: int
+) -> tuple[list[float], list[Any], _MemoryMeter]:
+    """Run ``step(i)`` warmup + iters times; time only the last ``iters``, synchronised around each."""
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    times, outputs = [], []
+    for i in range(warmup):
+        step(i)
+    with _MemoryMeter(device) as meter:
+        for i in range(warmup, warmup + iters):
+            sync(device)
+            start = time.perf_counter()
+            out = step(i)
+            sync(device)
+            times.append((time.perf_counter() - start) * 1000.0)
+            outputs.append(out)
+    return times, outputs, meter
+
+
+CompileScope = Literal["full", "static"]
+
+
+def _with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
+    """A shallow copy of ``module`` (parameters shared) with some children replaced."""
+    clone = copy.copy(module)
+    clone._modules = {**module._modules, **children}
+    return clone
+
+
+def compile_detector(model: nn.Module, scope: CompileScope = "full", backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` a detector for inference.
+
+    ``"full"`` compiles the whole forward (dynamo splits it at the data-dependent NMS / top-k / mask
+    steps); ``"static"`` compiles only the static-shape parts (backbone, FPN, RPN convs, box and mask
+    heads) and leaves the glue eager, which compiles several times faster and gives the same outputs.
+    The model itself is not modified (``"static"`` returns shallow copies sharing the parameters).
+    """
+    if scope == "full":
+        return torch.compile(model, backend=backend)
+    if scope != "static":
+        raise ValueError(f"compile_detector: scope must be 'full' or 'static', got {scope!r}")
+    for child in ("backbone", "neck", "rpn_head", "roi_head"):
+        if not hasattr(model, child):
+            raise TypeError(f"compile_detector: model has no {child!r}; expected a gcnet TwoStageDetector")
+    comp = lambda m: torch.compile(m, backend=backend)  # noqa: E731
+    rpn = model.rpn_head
+    rpn = _with_children(rpn, {k: comp(getattr(rpn, k)) for k in ("rpn_conv", "rpn_cls", "rpn_reg")})
+    heads = {}
+    for attr in ("bbox_head", "mask_head"):
+        head = getattr(model.roi_head, attr, None)
+        if isinstance(head, nn.ModuleList):
+            heads[attr] = nn.ModuleList(comp(h) for h in head)
+        elif head is not None:
+            heads[attr] = comp(head)
+    roi = _with_children(model.roi_head, heads)
+    return _with_children(
+        model, {"backbone": comp(model.backbone), "neck": comp(model.neck), "rpn_head": rpn, "roi_head": roi}
+    )
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every eval-mode norm folded into the conv before it.
+
+    Pairs are ``convN``/``bnN`` siblings and ``Sequential(conv, norm)`` (the downsample branch);
+    deformable convs are left alone. Inference only: the original's ``--fuse-conv-bn`` option.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    norms = (nn.BatchNorm2d, _frozen_bn_type())
+    for parent in fused.modules():
+        children = parent._modules
+        pairs = [(k, "bn" + k[4:]) for k in children if k.startswith("conv") and "bn" + k[4:] in children]
+        if isinstance(parent, nn.Sequential):
+            keys = list(children)
+            pairs += list(zip(keys[:-1], keys[1:]))
+        for conv_key, bn_key in pairs:
+            conv, bn = children[conv_key], children[bn_key]
+            if type(conv) is nn.Conv2d and isinstance(bn, norms):
+                children[conv_key] = fuse_conv_bn_eval(conv, bn)
+                children[bn_key] = nn.Identity()
+    return fused
+
+
+def prepare_for_inference(model: nn.Module, fuse_bn: bool = True, channels_last: bool = True) -> nn.Module:
+    """A copy of ``model`` tuned for CPU/GPU inference: norms folded into convs, NHWC conv weights.
+
+    With channels-last weights PyTorch runs every conv (and the ops after it) in NHWC, which
+    oneDNN on CPU and cuDNN on tensor cores handle without layout reorders. Outputs equal the
+    eager model's up to float rounding.
+    """
+    out = fuse_conv_bn(model) if fuse_bn else copy.deepcopy(model).eval()
+    return out.to(memory_format=torch.channels_last) if channels_last else out
+
+
+def _frozen_bn_type() -> type:
+    try:
+        from gcnet.layers import FrozenBatchNorm2d
+    except ImportError:
+        return nn.BatchNorm2d
+    return FrozenBatchNorm2d
+
+
+def _maybe_compile(model: nn.Module, compile: Union[bool, CompileScope]) -> nn.Module:
+    """``compile``: False, True (= "full") or a :func:`compile_detector` scope."""
+    if not compile:
+        return model
+    if not hasattr(model, "roi_head"):  # a peer or stand-in: whole-module compile
+        return torch.compile(model)
+    return compile_detector(model, "full" if compile is True else compile)
+
+
+def benchmark_inference(
+    model: nn.Module,
+    image_size: ImageSource = DEFAULT_IMAGE_SIZE,
+    device: Union[str, torch.device] = "cpu",
+    dtype: DType = "fp32",
+    compile: Union[bool, CompileScope] = False,
+    warmup: int = 5,
+    iters: int = 50,
+    data: DataConfig = DataConfig(),
+    name: str = "",
+) -> BenchResult:
+    """Time ``model(images, metas)`` at batch 1 (forward + post-processing incl. mask pasting).
+
+    ``image_size`` is the *original* image (h, w) that the test pipeline resizes (synthetic pixels),
+    or a list of uint8 HxWx3 RGB images used in turn. Pre-processing happens before the timer.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    if isinstance(image_size, tuple):
+        batches = [synthetic_input(image_size, data)]
+    else:
+        batches = _real_inputs(image_size, data)
+    batches = [(img.to(device), metas) for img, metas in batches]
+    runner = _maybe_compile(model, compile)
+
+    def step(i: int) -> Any:
+        images, metas = batches[i % len(batches)]
+        with torch.inference_mode(), autocast_context(device, dtype):
+            return runner(images, metas)
+
+    times, outputs, meter = _timed_loop(step, device, warmup, iters)
+    dets = [len(d) for out in outputs for d in out]
+    return BenchResult(
+        name=name or type(model).__name__,
+        mode="inference",
+        device=str(device),
+        dtype=dtype,
+        compiled=bool(compile),
+        input_shape=tuple(batches[0][0].shape[-2:]),
+        batch_size=1,
+        times_ms=tuple(times),
+        peak_mem_mb=meter.peak_mb,
+        mem_note=meter.note,
+        detections_per_image=float(np.mean(dets)) if dets else 0.0,
+    )
+
+
+def synthetic_targets(meta: ImageMeta, num_classes: int, num_boxes: int = 4, seed: int = 0) -> Targets:
+    """A few random boxes (at least 16 px) with filled-rectangle masks inside the resized image."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = meta.img_shape
+    size = torch.rand(num_boxes, 2, generator=gen) * 0.4 + 0.1
+    wh = torch.stack([size[:, 0] * w, size[:, 1] * h], 1).clamp(min=16.0)
+    xy = torch.rand(num_boxes, 2, generator=gen) * (torch.tensor([w, h]) - wh).clamp(min=0)
+    boxes = torch.cat([xy, xy + wh], 1)
+    labels = torch.randint(0, num_classes, (num_boxes,), generator=gen)
+    masks = torch.zeros(num_boxes, h, w, dtype=torch.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        masks[k, y1:y2, x1:x2] = 1
+    return Targets(boxes=boxes, labels=labels, masks=masks)
+
+
+def benchmark_training_step(
+    model: nn.Module,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    device: Union[str, torch.device] = "cpu",
+    dtype: DType = "fp32",
+    compile: Union[bool, CompileScope] = False,
+    warmup: int = 2,
+    iters: int = 10,
+    batch_size: int = 2,
+    data: DataConfig = DataConfig(),
+    name: str = "",
+) -> BenchResult:
+    """Time one SGD step (forward, losses, backward, update) at ``batch_size`` images per device.
+
+    Peak memory over the timed steps approximates the original's "Mem (GB)" (2 images per GPU).
+    """
+    device = torch.device(device)
+    model = model.to(device).train()
+    images, metas = synthetic_input(image_size, data, batch_size=batch_size)
+    num_classes = getattr(getattr(getattr(model, "cfg", None), "roi", None), "num_classes", 80)
+    targets = [synthetic_targets(m, num_classes, seed=k).to(device) for k, m in enumerate(metas)]
+    images = images.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+    runner = _maybe_compile(model, compile)
+
+    def step(i: int) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, dtype):
+            losses = runner(images, metas, targets)
+            loss = torch.stack([v.float() for k, v in losses.items() if "loss" in k]).sum()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+
+    times, losses, meter = _timed_loop(step, device, warmup, iters)
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"benchmark_training_step: non-finite loss {losses}")
+    return BenchResult(
+        name=name or type(model).__name__,
+        mode="train",
+        device=str(device),
+        dtype=dtype,
+        compiled=bool(compile),
+        input_shape=tuple(images.shape[-2:]),
+        batch_size=batch_size,
+        times_ms=tuple(times),
+        peak_mem_mb=meter.peak_mb,
+        mem_note=meter.note,
+        extra={"last_loss": losses[-1]},
+    )
+
+
+# ------------------------------------------------------------------------------------------- peer
+
+
+def torchvision_peer(
+    num_classes: int = 80,
+    proposals: int = 1000,
+    detections: int = 100,
+    score_thresh: float = 0.05,
+    data: DataConfig = DataConfig(),
+) -> nn.Module:
+    """torchvision's Mask R-CNN R-50 FPN with random weights and the original's test budget.
+
+    ``num_classes`` excludes background (torchvision counts it, so the head gets num_classes + 1);
+    its internal resize uses the same (short, long) limits as ``data.scale``.
+    """
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    return maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes + 1,
+        rpn_pre_nms_top_n_test=proposals,
+        rpn_post_nms_top_n_test=proposals,
+        box_score_thresh=score_thresh,
+        box_detections_per_img=detections,
+        min_size=min(data.scale),
+        max_size=max(data.scale),
+    )
+
+
+def benchmark_peer(
+    peer: nn.Module,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    device: Union[str, torch.device] = "cpu",
+    dtype: DType = "fp32",
+    compile: Union[bool, CompileScope] = False,
+    warmup: int = 5,
+    iters: int = 50,
+    name: str = "torchvision maskrcnn_resnet50_fpn",
+) -> BenchResult:
+    """The same measurement for a torchvision detector (its own resize/normalise runs inside the timer)."""
+    device = torch.device(device)
+    peer = peer.to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, *image_size, generator=gen).to(device)
+    runner = _maybe_compile(peer, compile)
+
+    def step(i: int) -> Any:
+        with torch.inference_mode(), autocast_context(device, dtype):
+            return runner([image])
+
+    times, outputs, meter = _timed_loop(step, device, warmup, iters)
+    dets = [len(d["boxes"]) for out in outputs for d in out]
+    with torch.inference_mode():
+        shape = peer.transform([image])[0].tensors.shape[-2:] if hasattr(peer, "transform") else image.shape[-2:]
+    return BenchResult(
+        name=name,
+        mode="inference",
+        device=str(device),
+        dtype=dtype,
+        compiled=bool(compile),
+        input_shape=tuple(shape),
+        batch_size=1,
+        times_ms=tuple(times),
+        peak_mem_mb=meter.peak_mb,
+        mem_note=meter.note,
+        detections_per_image=float(np.mean(dets)) if dets else 0.0,
+    )
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def _seed_numbers(name: str) -> tuple[Optional[float], Optional[float]]:
+    """(mem GB, fps) the original's table gives for ``name``, or None where unknown."""
+    try:
+        from gcnet.zoo import ZOO
+    except ImportError:
+        return None, None
+    entry = ZOO.get(name)
+    if entry is None:
+        return None, None
+    mem = next((getattr(entry, a) for a in ("mem_gb", "memory_gb", "mem") if hasattr(entry, a)), None)
+    fps = next((getattr(entry, a) for a in ("fps", "inf_fps", "inference_fps") if hasattr(entry, a)), None)
+    return mem, fps
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+ROW_HEADER = (
+    "| config | mode | device | dtype | input | mem GB | fps | median ms | seed mem GB | seed fps |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def format_row(result: BenchResult, config_name: Optional[str] = None) -> str:
+    """A markdown row comparable with the seed's table (seed numbers from ``gcnet.zoo`` when known).
+
+    The seed's numbers are V100 FP32 figures: compare ratios, not absolute values, on other hardware.
+    """
+    seed_mem, seed_fps = _seed_numbers(config_name or result.name)
+    h, w = result.input_shape
+    return (
+        f"| {config_name or result.name} | {result.mode} | {result.device} | {result.dtype}"
+        f"{' +compile' if result.compiled else ''} | {h}x{w} | {_fmt(result.peak_mem_gb, 2)} | "
+        f"{result.fps:.2f} | {result.median_ms:.1f} | {_fmt(seed_mem, 1)} | {_fmt(seed_fps, 1)} |"
+    )
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _resolve_config(config: Union[str, Config]) -> Config:
+    if isinstance(config, Config):
+        return config
+    from gcnet.zoo import get_config
+
+    return get_config(config)
+
+
+def run_bench(
+    config_name_or_cfg: Union[str, Config],
+    checkpoint: Optional[Union[str, Path]] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: DType = "fp32",
+    compile: Union[bool, CompileScope] = False,
+    iters: int = 50,
+    peer: bool = False,
+    image_size: ImageSource = DEFAULT_IMAGE_SIZE,
+    warmup: int = 5,
+    train: bool = False,
+) -> list[BenchResult]:
+    """What ``gcnet bench`` runs: inference (and optionally a training step) of one config, plus the peer.
+
+    Weights are random unless ``checkpoint`` is given (speed does not depend on them, except through
+    the number of detections that survive the score threshold).
+    """
+    from gcnet.models.detector import TwoStageDetector
+
+    cfg = _resolve_config(config_name_or_cfg)
+    model = TwoStageDetector(cfg.model, cfg.class_names)
+    if checkpoint is not None:
+        from gcnet.checkpoint import load_checkpoint
+
+        load_checkpoint(model, str(checkpoint))
+    results = [
+        benchmark_inference(
+            model, image_size, device, dtype, compile, warmup=warmup, iters=iters, data=cfg.data, name=cfg.name
+        )
+    ]
+    if train:
+        if not isinstance(image_size, tuple):
+            raise ValueError("run_bench(train=True) needs image_size as an (h, w) tuple")
+        results.append(
+            benchmark_training_step(
+                model, image_size, device, dtype, compile, warmup=min(warmup, 2), iters=iters, data=cfg.data,
+                name=cfg.name,
+            )
+        )
+    if peer:
+        if not isinstance(image_size, tuple):
+            raise ValueError("run_bench(peer=True) needs image_size as an (h, w) tuple")
+        tv = torchvision_peer(num_classes=cfg.model.roi.num_classes, data=cfg.data)
+        results.append(benchmark_peer(tv, image_size, device, dtype, compile, warmup=warmup, iters=iters))
+    return results

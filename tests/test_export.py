@@ -1,0 +1,137 @@
+"""gcnet.export: torch.export programs and ONNX files of the static parts vs eager (tiny configs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gcnet.models.roi")
+from gcnet import bench, export  # noqa: E402
+from gcnet.config import (  # noqa: E402
+    BackboneConfig,
+    DataConfig,
+    FPNConfig,
+    ModelConfig,
+    RoIConfig,
+    RoIStageConfig,
+    RPNConfig,
+)
+from gcnet.models.detector import TwoStageDetector  # noqa: E402
+from gcnet.models.roi import cascade_stages  # noqa: E402
+
+torch.set_num_threads(1)
+DATA = DataConfig(scale=(128, 96))
+IMAGE = (96, 128)  # original (h, w); the pipeline keeps it (factor 1) and it is already padded
+
+
+def tiny_detector(cascade: bool) -> TwoStageDetector:
+    roi = RoIConfig(
+        num_classes=3, in_channels=32, fc_channels=64, max_per_img=10,
+        stages=cascade_stages() if cascade else (RoIStageConfig(),),
+    )
+    cfg = ModelConfig(
+        backbone=BackboneConfig(depth=18, pretrained=None, gc_ratio=1 / 4),
+        neck=FPNConfig(in_channels=(64, 128, 256, 512), out_channels=32),
+        rpn=RPNConfig(in_channels=32, feat_channels=32, test_nms_pre=50, test_max_per_img=30),
+        roi=roi,
+    )
+    torch.manual_seed(0)
+    return TwoStageDetector(cfg, ("a", "b", "c")).eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["mask-rcnn", "cascade"])
+def setup(request):
+    model = tiny_detector(request.param)
+    images, metas = bench.synthetic_input(IMAGE, DATA)
+    with torch.no_grad():
+        ref = model(images, metas)
+    return model, images, metas, ref
+
+
+def _eager_part_outputs(model, images):
+    """Independent formulation of every part's outputs through the model's own public calls."""
+    with torch.no_grad():
+        feats = model.extract_features(images)
+        cls_outs, reg_outs = model.rpn_head.head(feats)
+    return (*feats, *cls_outs, *reg_outs)
+
+
+def _assert_same_detections(ref, out, atol):
+    assert len(ref) == len(out)
+    for a, b in zip(ref, out):
+        assert torch.equal(a.labels, b.labels)
+        torch.testing.assert_close(b.boxes, a.boxes, atol=atol, rtol=0)
+        torch.testing.assert_close(b.scores, a.scores, atol=atol, rtol=0)
+        assert (a.masks != b.masks).float().mean() <= 1e-3  # a pixel exactly at 0.5 may flip
+        assert b.class_names == a.class_names
+
+
+def test_parts_cover_every_stage(setup):
+    model, *_ = setup
+    parts = export.detector_parts(model)
+    stages = len(model.cfg.roi.stages)
+    assert sorted(parts) == sorted(["features", *[f"bbox_head{i}" for i in range(stages)],
+                                    *[f"mask_head{i}" for i in range(stages)]])
+
+
+def test_exported_program_equals_eager(setup):
+    """torch.export runs the same ATen ops: outputs equal eager to 1e-5 (float32 rounding)."""
+    model, images, metas, ref = setup
+    programs = export.export_program(model, images.shape[-2:])
+    expected = _eager_part_outputs(model, images)
+    got = export.program_runner(programs["features"])(images)
+    assert len(got) == 15  # 5 FPN levels, 5 RPN logit maps, 5 RPN delta maps
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    # the box head takes any number of RoIs, 0 included
+    head = model.roi_head.bbox_head[0] if isinstance(model.roi_head.bbox_head, torch.nn.ModuleList) \
+        else model.roi_head.bbox_head
+    run = export.program_runner(programs["bbox_head0"])
+    for k in (0, 1, 7):
+        x = torch.randn(k, 32, 7, 7)
+        with torch.no_grad():
+            e_cls, e_reg = head(x)
+        g_cls, g_reg = run(x)
+        torch.testing.assert_close(g_cls, e_cls, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g_reg, e_reg, atol=1e-5, rtol=1e-5)
+    detector = export.ExportedDetector(model, export.DetectorParts.from_programs(programs))
+    _assert_same_detections(ref, detector(images, metas), atol=1e-5)
+
+
+def test_onnx_equals_eager(setup, tmp_path):
+    """onnxruntime's CPU kernels differ from ATen's in summation order: features within 1e-4
+    (values are O(1)); boxes within 1e-3 px, scores within 1e-4."""
+    pytest.importorskip("onnxruntime")
+    model, images, metas, ref = setup
+    files = export.export_onnx(model, tmp_path / "onnx", images.shape[-2:])
+    assert all(f.exists() and f.stat().st_size > 0 for f in files.values())
+    got = export.onnx_runner(files["features"])(images)
+    for g, e in zip(got, _eager_part_outputs(model, images)):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+    mask_run = export.onnx_runner(files["mask_head0"])
+    head = model.roi_head.mask_head[0] if isinstance(model.roi_head.mask_head, torch.nn.ModuleList) \
+        else model.roi_head.mask_head
+    x = torch.randn(5, 32, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(mask_run(x)[0], head(x), atol=1e-4, rtol=1e-4)
+    detector = export.ExportedDetector(model, export.DetectorParts.from_onnx(files))
+    out = detector(images, metas)
+    _assert_same_detections(ref, out, atol=1e-3)
+
+
+def test_export_rejects_unpadded_size_and_file_path(setup, tmp_path):
+    model, *_ = setup
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export.export_program(model, (100, 128))
+    with pytest.raises(ValueError, match="folder"):
+        export.export_onnx(model, tmp_path / "model.onnx", (96, 128))
+    with pytest.raises(TypeError, match="TwoStageDetector"):
+        export.detector_parts(torch.nn.Linear(2, 2))
+
+
+def test_exported_detector_checks_stage_count(setup):
+    model, *_ = setup
+    fn = lambda x: (x,)  # noqa: E731
+    parts = export.DetectorParts(features=fn, bbox_heads=[fn] * 5, mask_heads=[fn] * 5)
+    with pytest.raises(ValueError, match="bbox_head"):
+        export.ExportedDetector(model, parts)
