@@ -1,7 +1,9 @@
 """Data pipeline throughput: images/s of the training loader at the original's (1333, 800) scale
-with 0/1/2 workers on the synthetic shapes set, plus resize speed and fidelity against OpenCV.
+with 0/1/2 workers on the synthetic shapes set, against the images/s that the model consumes in a
+training step (R-50 GC r4 Mask R-CNN, 2 images, same run), plus resize speed and fidelity against
+OpenCV.
 
-    python benchmarks/bench_data.py [--root /tmp/gcnet_bench_shapes] [--images 48]
+    python benchmarks/bench_data.py [--root /tmp/gcnet_bench_shapes] [--images 48] [--device cpu]
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="/tmp/gcnet_bench_shapes")
     parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--device", default="cpu", help="where the model's training step runs")
+    parser.add_argument("--model-iters", type=int, default=3)
     args = parser.parse_args()
     paths = make_synthetic_coco(args.root, num_train=args.images, num_val=0,
                                 image_size=((400, 480), (560, 640)), seed=0)
@@ -62,7 +66,22 @@ def main() -> None:
         torch.manual_seed(0)
         rates[workers] = loader_rate(ds, cfg, workers)
         print(f"workers={workers}: {rates[workers]:.1f} images/s ({rates[workers] / rates[0]:.2f}x of 0 workers)")
+    model_rate = model_images_per_second(args.device, args.model_iters)
+    print(f"model training step (R-50 GC r4 Mask R-CNN, 2 images, {args.device}): {model_rate:.2f} images/s;"
+          f" loader with 2 workers is {rates[2] / model_rate:.1f}x that")
     print("resize 480x640 -> 800x1067:", resize_compare())
+
+
+def model_images_per_second(device: str, iters: int) -> float:
+    """Images/s that a training step of the published R-50 GC r4 model consumes (random weights)."""
+    from gcnet.bench import benchmark_training_step
+    from gcnet.models.detector import build_model
+    from gcnet.zoo import get_config
+
+    cfg = get_config("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco")
+    model = build_model(cfg.model, cfg.class_names)
+    result = benchmark_training_step(model, (480, 600), device, warmup=1, iters=iters, batch_size=2)
+    return 2 * 1000.0 / result.median_ms
 
 
 if __name__ == "__main__":
