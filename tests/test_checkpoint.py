@@ -335,3 +335,69 @@ def test_resolve_url():
     assert resolve_url("https://example.org/a-12345678.pth") == "https://example.org/a-12345678.pth"
     with pytest.raises(CheckpointError, match="unknown checkpoint name"):
         resolve_url("torchvision://resnet18")
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def test_atomic_write_and_copy(tmp_path):
+    from gcnet.checkpoint import atomic_copy, atomic_write
+
+    target = atomic_write(tmp_path / "sub" / "a.bin", lambda f: f.write(b"first"))
+    assert target.read_bytes() == b"first" and oct(target.stat().st_mode & 0o777) == "0o644"
+
+    def fails(f):
+        f.write(b"half")
+        raise KeyboardInterrupt  # even an interrupt leaves no temp file and the old content
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, fails)
+    assert target.read_bytes() == b"first" and [p.name for p in target.parent.iterdir()] == ["a.bin"]
+    copy = atomic_copy(target, tmp_path / "b.bin")
+    assert copy.read_bytes() == b"first"
+
+
+def test_unwrap_model_peels_nested_wrappers():
+    from gcnet.checkpoint import unwrap_model
+    from gcnet.engine import unwrap
+
+    inner = nn.Linear(2, 2)
+
+    class Compiled(nn.Module):  # what torch.compile's OptimizedModule looks like from outside
+        def __init__(self, mod: nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = mod
+
+    wrapped = nn.DataParallel(Compiled(nn.DataParallel(inner)))
+    assert unwrap_model(wrapped) is inner and unwrap_model(inner) is inner
+    assert unwrap is unwrap_model  # the trainer and the checkpoint code peel the same way
+    assert list(unwrap_model(wrapped).state_dict()) == ["weight", "bias"]
+
+
+def test_sha256_prefix_in_name():
+    from gcnet.checkpoint import sha256_prefix_in_name
+
+    assert sha256_prefix_in_name("mask_rcnn_r50_fpn_1x_coco_20200204-17235656.pth") == "17235656"
+    assert sha256_prefix_in_name("resnet50-0676ba61.pth") == "0676ba61"
+    assert sha256_prefix_in_name("x-" + "ab" * 32 + ".pt") == "ab" * 32
+    assert sha256_prefix_in_name("epoch_12.pth") is None
+    assert sha256_prefix_in_name("x-1234567.pth") is None  # 7 digits: not a hash
+    assert sha256_prefix_in_name("x-1234567G.pth") is None
+
+
+def test_trainer_checkpointer_uses_the_one_writer(tmp_path):
+    from gcnet.engine import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "work")
+    model = nn.DataParallel(nn.Linear(2, 1))
+    extra = {"optimizer": {}, "scheduler": {}, "rng": [], "epoch": 1, "iter": 0}
+    path = ckpt.save(model, {"epoch": 1}, extra, epoch_file=1)
+    assert path.name == "epoch_1.pth" and ckpt.latest.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["epoch_1.pth", "latest.pth"]
+    loaded = ckpt.load()
+    assert list(loaded["state_dict"]) == ["weight", "bias"] and loaded["epoch"] == 1
+    with pytest.raises(TypeError, match=r"extra\['rng'\]"):  # refused before anything is written
+        ckpt.save(model, {}, {**extra, "rng": [np.float64(1.0)]})
+    ckpt.latest.write_bytes(path.read_bytes()[:100])  # a truncated file names itself
+    with pytest.raises(CheckpointError, match="latest.pth: not a readable"):
+        ckpt.load()

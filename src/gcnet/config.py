@@ -56,6 +56,8 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class FPNConfig:
+    """FPN: c2..c5 in, ``num_outs`` levels out (p2..p6), as the original's Mask R-CNN neck."""
+
     in_channels: tuple[int, ...] = (256, 512, 1024, 2048)
     out_channels: int = 256
     num_outs: int = 5
@@ -63,6 +65,8 @@ class FPNConfig:
 
 @dataclass(frozen=True)
 class RPNConfig:
+    """RPN head, anchors, proposal settings (train and test) and its target/loss settings."""
+
     in_channels: int = 256
     feat_channels: int = 256
     strides: tuple[int, ...] = (4, 8, 16, 32, 64)
@@ -119,6 +123,8 @@ def cascade_stages() -> tuple[RoIStageConfig, RoIStageConfig, RoIStageConfig]:
 
 @dataclass(frozen=True)
 class RoIConfig:
+    """RoI heads: feature extraction, bbox/mask heads, per-stage settings, sampling, test-time NMS."""
+
     num_classes: int = 80
     in_channels: int = 256
     featmap_strides: tuple[int, ...] = (4, 8, 16, 32)
@@ -146,6 +152,8 @@ class RoIConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The whole detector: backbone, neck, RPN and RoI heads (``with_mask`` adds the mask branch)."""
+
     backbone: BackboneConfig = BackboneConfig()
     neck: FPNConfig = FPNConfig()
     rpn: RPNConfig = RPNConfig()
@@ -200,6 +208,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """One model's complete settings; ``name`` is the original's config name for zoo models."""
+
     name: str = "mask-rcnn_r50_fpn_1x_coco"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -212,6 +222,7 @@ class ConfigError(ValueError):
 
 
 def _parse_value(text: str, annotation: Any, path: str) -> Any:
+    """``text`` as a value of the field's type: a Python literal, else a bare string."""
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -246,6 +257,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def _replace_path(obj: Any, parts: list[str], text: str, full: str) -> Any:
+    """``obj`` with the field at ``parts`` replaced (frozen dataclasses are rebuilt on the way up)."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     head = parts[0]

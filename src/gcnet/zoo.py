@@ -13,14 +13,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from gcnet.checkpoint.remote import sha256_prefix_in_name
 from gcnet.config import (
     COCO_CLASSES,
     BackboneConfig,
     Config,
     ModelConfig,
     RoIConfig,
-    cascade_stages,
     RPNConfig,
+    cascade_stages,
 )
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 ]
 
 _CKPT_ROOT = "https://download.openmmlab.com/mmdetection/v2.0/gcnet"
-_SHA_IN_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 _PRETRAINED = {
     (50, 1): "torchvision://resnet50",
@@ -145,71 +145,87 @@ def cascade_mask_rcnn_config(
     return replace(base, model=model)
 
 
-# (name, cascade, depth, x101, syncbn, gc ratio denominator, dcn, stamp-sha, mem, fps, box, mask)
-_ROWS: tuple[tuple, ...] = (
-    ("mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco", False, 50, False, False, 16, False,
-     "mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco", "20200515_211915-187da160", 5.0, None, 39.7, 35.9),
-    ("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco", False, 50, False, False, 4, False,
-     "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco", "20200204-17235656", 5.1, 15.0, 39.9, 36.0),
-    ("mask-rcnn_r101-gcb-r16-c3-c5_fpn_1x_coco", False, 101, False, False, 16, False,
-     "mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco", "20200205-e58ae947", 7.6, 11.4, 41.3, 37.2),
-    ("mask-rcnn_r101-gcb-r4-c3-c5_fpn_1x_coco", False, 101, False, False, 4, False,
-     "mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco", "20200206-af22dc9d", 7.8, 11.6, 42.2, 37.8),
-    ("mask-rcnn_r50-syncbn_fpn_1x_coco", False, 50, False, True, None, False,
-     "mask_rcnn_r50_fpn_syncbn-backbone_1x_coco", "20200202-bb3eb55c", 4.4, 16.6, 38.4, 34.6),
-    ("mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco", False, 50, False, True, 16, False,
-     "mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco", "20200202-587b99aa", 5.0, 15.5, 40.4, 36.2),
-    ("mask-rcnn_r50-syncbn-gcb-r4-c3-c5_fpn_1x_coco", False, 50, False, True, 4, False,
-     "mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco", "20200202-50b90e5c", 5.1, 15.1, 40.7, 36.5),
-    ("mask-rcnn_r101-syncbn_fpn_1x_coco", False, 101, False, True, None, False,
-     "mask_rcnn_r101_fpn_syncbn-backbone_1x_coco", "20200210-81658c8a", 6.4, 13.3, 40.5, 36.3),
-    ("mask-rcnn_r101-syncbn-gcb-r16-c3-c5_fpn_1x_coco", False, 101, False, True, 16, False,
-     "mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco", "20200207-945e77ca", 7.6, 12.0, 42.2, 37.8),
-    ("mask-rcnn_r101-syncbn-gcb-r4-c3-c5_fpn_1x_coco", False, 101, False, True, 4, False,
-     "mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco", "20200206-8407a3f0", 7.8, 11.8, 42.2, 37.8),
-    ("mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco", False, 101, True, True, None, False,
-     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco", "20200211-7584841c", 7.6, 11.3, 42.4, 37.7),
-    ("mask-rcnn_x101-32x4d-syncbn-gcb-r16-c3-c5_fpn_1x_coco", False, 101, True, True, 16, False,
-     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco", "20200211-cbed3d2c",
-     8.8, 9.8, 43.5, 38.6),
-    ("mask-rcnn_x101-32x4d-syncbn-gcb-r4-c3-c5_fpn_1x_coco", False, 101, True, True, 4, False,
-     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco", "20200212-68164964",
-     9.0, 9.7, 43.9, 39.0),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco", True, 101, True, True, None, False,
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco", "20200310-d5ad2a5e",
-     9.2, 8.4, 44.7, 38.6),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco", True, 101, True, True, 16, False,
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco", "20200211-10bf2463",
-     10.3, 7.7, 46.2, 39.7),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-r4-gcb-c3-c5_fpn_1x_coco", True, 101, True, True, 4, False,
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco", "20200703_180653-ed035291",
-     10.6, None, 46.4, 40.1),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5_fpn_1x_coco", True, 101, True, True, None, True,
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco", "20210615_211019-abbc39ea",
-     None, None, 47.5, 40.9),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r16-gcb-c3-c5_fpn_1x_coco", True, 101, True, True,
-     16, True, "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco",
+# (3.x config name, 2.x config name = checkpoint directory, time stamp-sha, mem GB, fps, box AP, mask AP)
+_ROWS: tuple[tuple[str, str, str, Optional[float], Optional[float], float, float], ...] = (
+    ("mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco", "mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco",
+     "20200515_211915-187da160", 5.0, None, 39.7, 35.9),
+    ("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco", "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco",
+     "20200204-17235656", 5.1, 15.0, 39.9, 36.0),
+    ("mask-rcnn_r101-gcb-r16-c3-c5_fpn_1x_coco", "mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco",
+     "20200205-e58ae947", 7.6, 11.4, 41.3, 37.2),
+    ("mask-rcnn_r101-gcb-r4-c3-c5_fpn_1x_coco", "mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco",
+     "20200206-af22dc9d", 7.8, 11.6, 42.2, 37.8),
+    ("mask-rcnn_r50-syncbn_fpn_1x_coco", "mask_rcnn_r50_fpn_syncbn-backbone_1x_coco",
+     "20200202-bb3eb55c", 4.4, 16.6, 38.4, 34.6),
+    ("mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+     "mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+     "20200202-587b99aa", 5.0, 15.5, 40.4, 36.2),
+    ("mask-rcnn_r50-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+     "mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+     "20200202-50b90e5c", 5.1, 15.1, 40.7, 36.5),
+    ("mask-rcnn_r101-syncbn_fpn_1x_coco", "mask_rcnn_r101_fpn_syncbn-backbone_1x_coco",
+     "20200210-81658c8a", 6.4, 13.3, 40.5, 36.3),
+    ("mask-rcnn_r101-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+     "mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+     "20200207-945e77ca", 7.6, 12.0, 42.2, 37.8),
+    ("mask-rcnn_r101-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+     "mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+     "20200206-8407a3f0", 7.8, 11.8, 42.2, 37.8),
+    ("mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco", "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
+     "20200211-7584841c", 7.6, 11.3, 42.4, 37.7),
+    ("mask-rcnn_x101-32x4d-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+     "20200211-cbed3d2c", 8.8, 9.8, 43.5, 38.6),
+    ("mask-rcnn_x101-32x4d-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+     "20200212-68164964", 9.0, 9.7, 43.9, 39.0),
+    ("cascade-mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
+     "20200310-d5ad2a5e", 9.2, 8.4, 44.7, 38.6),
+    ("cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+     "20200211-10bf2463", 10.3, 7.7, 46.2, 39.7),
+    ("cascade-mask-rcnn_x101-32x4d-syncbn-r4-gcb-c3-c5_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+     "20200703_180653-ed035291", 10.6, None, 46.4, 40.1),
+    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco",
+     "20210615_211019-abbc39ea", None, None, 47.5, 40.9),
+    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r16-gcb-c3-c5_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco",
      "20210615_215648-44aa598a", None, None, 48.0, 41.3),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r4-gcb-c3-c5_fpn_1x_coco", True, 101, True, True,
-     4, True, "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco",
+    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r4-gcb-c3-c5_fpn_1x_coco",
+     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco",
      "20210615_161851-720338ec", None, None, 47.9, 41.1),
 )
 
+# The settings a 2.x name spells out; the 3.x names say the same less regularly (r16-gcb / gcb-r16).
+_LEGACY_NAME = re.compile(
+    r"(?P<cascade>cascade_)?mask_rcnn_(?P<arch>r50|r101|x101_32x4d)_fpn(?P<syncbn>_syncbn-backbone)?"
+    r"(?P<dcn>_dconv_c3-c5)?(?:_r(?P<gc>4|16)_gcb_c3-c5)?_1x_coco"
+)
 
-def _entry(row: tuple) -> ZooEntry:
-    (name, cascade, depth, x101, syncbn, gc_div, dcn, legacy, stamp, mem, fps, box, mask) = row
+
+def _entry(row: tuple[str, str, str, Optional[float], Optional[float], float, float]) -> ZooEntry:
+    """A zoo entry from a table row; the model settings are read off the 2.x name."""
+    name, legacy, stamp, mem, fps, box, mask = row
+    spelled = _LEGACY_NAME.fullmatch(legacy)
+    if spelled is None:
+        raise ValueError(f"zoo: cannot read the model settings from the 2.x config name {legacy!r}")
+    x101 = spelled["arch"] == "x101_32x4d"
     backbone = resnet_backbone(
-        depth,
+        50 if spelled["arch"] == "r50" else 101,
         groups=32 if x101 else 1,
         base_width=4 if x101 else 64,
-        syncbn=syncbn,
-        gc_ratio=None if gc_div is None else 1.0 / gc_div,
-        dcn=dcn,
+        syncbn=spelled["syncbn"] is not None,
+        gc_ratio=None if spelled["gc"] is None else 1.0 / int(spelled["gc"]),
+        dcn=spelled["dcn"] is not None,
     )
-    build = cascade_mask_rcnn_config if cascade else mask_rcnn_config
+    build = cascade_mask_rcnn_config if spelled["cascade"] else mask_rcnn_config
     url = f"{_CKPT_ROOT}/{legacy}/{legacy}_{stamp}.pth"
-    match = _SHA_IN_NAME.search(url)
-    assert match is not None, url
+    sha256_prefix = sha256_prefix_in_name(url)
+    if sha256_prefix is None:
+        raise ValueError(f"zoo: the checkpoint name {url} carries no sha256 prefix")
     return ZooEntry(
         name=name,
         legacy_name=legacy,
@@ -219,7 +235,7 @@ def _entry(row: tuple) -> ZooEntry:
         fps=fps,
         mem_gb=mem,
         url=url,
-        sha256_prefix=match.group(1),
+        sha256_prefix=sha256_prefix,
     )
 
 

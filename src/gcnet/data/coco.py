@@ -86,8 +86,23 @@ class CocoDetection(Dataset):
         self.train = train
         self.with_masks = with_masks
         data = read_coco_json(self.ann_file)
-        f = str(self.ann_file)
+        self._read_categories(data)
+        images = self._read_images(data)
+        anns = self._read_annotations(data, images)
+        order = list(images)
+        if train:
+            order = [
+                iid
+                for iid in order
+                if anns[iid] and min(images[iid].width, images[iid].height) >= cfg.min_size
+            ]
+        self._images = [images[iid] for iid in order]
+        self._anns = [anns[iid] for iid in order]
+        self.image_ids: list[int] = order
 
+    def _read_categories(self, data: dict[str, Any]) -> None:
+        """Sorted category ids -> contiguous labels (mmdet ``cat2label``) and class names."""
+        f = str(self.ann_file)
         cats = data["categories"]
         if not isinstance(cats, list) or not cats:
             raise DatasetError(f"{f}: 'categories' must be a non-empty list")
@@ -100,8 +115,10 @@ class CocoDetection(Dataset):
         self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_cat_id)}
         self.class_names: tuple[str, ...] = tuple(str(c["name"]) for c in cats)
 
+    def _read_images(self, data: dict[str, Any]) -> dict[int, _Img]:
+        """Image entries by id, in the json's order."""
+        f = str(self.ann_file)
         images: dict[int, _Img] = {}
-        order: list[int] = []
         if not isinstance(data["images"], list):
             raise DatasetError(f"{f}: 'images' must be a list")
         for i, im in enumerate(data["images"]):
@@ -110,12 +127,15 @@ class CocoDetection(Dataset):
             if iid in images:
                 raise DatasetError(f"{f}: images[{i}] repeats image id {iid}")
             images[iid] = _Img(iid, str(im["file_name"]), int(im["width"]), int(im["height"]))
-            order.append(iid)
+        return images
 
-        anns: dict[int, list[_Ann]] = {iid: [] for iid in order}
+    def _read_annotations(self, data: dict[str, Any], images: dict[int, _Img]) -> dict[int, list[_Ann]]:
+        """The usable (non-crowd, non-degenerate) annotations of each image, checked as read."""
+        f = str(self.ann_file)
+        anns: dict[int, list[_Ann]] = {iid: [] for iid in images}
         raw_anns = data.get("annotations")
         if raw_anns is None:
-            if train:
+            if self.train:
                 raise DatasetError(f"{f}: missing key 'annotations' (needed for training)")
             raw_anns = []
         if not isinstance(raw_anns, list):
@@ -141,19 +161,10 @@ class CocoDetection(Dataset):
             if inter_w * inter_h == 0 or area <= 0 or w < 1 or h < 1:
                 continue
             seg = a.get("segmentation")
-            if with_masks and not seg:
+            if self.with_masks and not seg:
                 raise DatasetError(f"{where}: no 'segmentation' (pass with_masks=False for box-only data)")
             anns[iid].append(_Ann((x, y, x + w, y + h), self.cat_id_to_label[cid], seg))
-
-        if train:
-            order = [
-                iid
-                for iid in order
-                if anns[iid] and min(images[iid].width, images[iid].height) >= cfg.min_size
-            ]
-        self._images = [images[iid] for iid in order]
-        self._anns = [anns[iid] for iid in order]
-        self.image_ids: list[int] = order
+        return anns
 
     def __len__(self) -> int:
         return len(self._images)

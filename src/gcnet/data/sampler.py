@@ -3,13 +3,15 @@ AspectRatioBatchSampler: every batch holds images of one orientation, w >= h or 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from functools import partial
+from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-if TYPE_CHECKING:
-    from gcnet.config import DataConfig
+from gcnet.config import DataConfig
+from gcnet.data.collate import collate
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -110,32 +112,25 @@ class ShardSampler(Sampler[int]):
 
 
 def _dist_info(distributed: bool) -> tuple[int, int]:
-    import torch.distributed as dist
-
+    """(world size, rank) of the process group when ``distributed`` and one exists, else (1, 0)."""
     if distributed and dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
 
 
 def build_loader(
-    dataset: "torch.utils.data.Dataset",
-    cfg: "DataConfig",
+    dataset: Dataset,
+    cfg: DataConfig,
     train: bool,
     distributed: bool = False,
     batch_size: int | None = None,
     seed: int = 0,
-) -> "torch.utils.data.DataLoader":
+) -> DataLoader:
     """DataLoader as the original sets it up: grouped shuffled batches of ``cfg.images_per_gpu``
     for training; sequential batches (default 1 image, as the original tests) for evaluation,
     sharded over ranks when ``distributed``. Workers = ``cfg.workers_per_gpu`` (persistent),
     pinned memory when CUDA is available. Flip randomness in workers derives from torch's global
     seed, so ``torch.manual_seed`` in the main process reproduces it."""
-    from functools import partial
-
-    from torch.utils.data import BatchSampler, DataLoader
-
-    from gcnet.data.collate import collate
-
     world, rank = _dist_info(distributed)
     size = batch_size if batch_size is not None else (cfg.images_per_gpu if train else 1)
     if train:

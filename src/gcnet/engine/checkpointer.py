@@ -1,8 +1,9 @@
 """Training checkpoints: ``latest.pth`` / ``epoch_{n}.pth`` written atomically, plus RNG states.
 
-Layout (what ``gcnet.checkpoint.save_checkpoint`` writes): ``state_dict`` (the model's own keys, no
-``module.``), ``meta`` (plain Python), and the trainer's extras ``optimizer``, ``scheduler``,
-``grad_scaler``, ``rng`` (one entry per rank), ``epoch``, ``iter``, ``global_step``, ``config``.
+Layout (written by ``gcnet.checkpoint.save_checkpoint``, the project's one writer): ``state_dict``
+(the model's own keys, no ``module.``), ``meta`` (plain Python), and the trainer's extras
+``optimizer``, ``scheduler``, ``grad_scaler``, ``rng`` (one entry per rank), ``epoch``, ``iter``,
+``global_step``, ``config``.
 Everything is tensors and plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from gcnet.checkpoint import atomic_copy, safe_torch_load, save_checkpoint
 
 LATEST = "latest.pth"
 
@@ -51,28 +53,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save(path: Path, model: nn.Module, meta: dict[str, Any], extra: dict[str, Any]) -> None:
-    try:
-        from gcnet.checkpoint import save_checkpoint  # the project's one writer, when present
-    except ImportError:
-        save_checkpoint = None
-    if save_checkpoint is not None:
-        save_checkpoint(path, model, meta, **extra)
-        return
-    state = {k[len("module."):] if k.startswith("module.") else k: v.detach().cpu()
-             for k, v in model.state_dict().items()}
-    _atomic_torch_save({"state_dict": state, "meta": meta, **extra}, path)
-
-
 class Checkpointer:
     """Writes (on rank 0 only) and reads the trainer's checkpoints in ``work_dir``."""
 
@@ -103,19 +83,18 @@ class Checkpointer:
         if not self.is_main:
             return target
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        _save(target, model, meta, extra)
+        save_checkpoint(target, model, meta, **extra)
         if epoch_file is not None:
-            tmp = self.latest.with_name(f".{LATEST}.tmp.{os.getpid()}")
-            shutil.copyfile(target, tmp)
-            os.replace(tmp, self.latest)
+            atomic_copy(target, self.latest)
         return target
 
     def load(self, path: Optional[str | os.PathLike[str]] = None) -> dict[str, Any]:
-        """Read a trainer checkpoint (default ``latest.pth``) onto the CPU."""
+        """Read a trainer checkpoint (default ``latest.pth``) onto the CPU, tensors and plain data
+        only (``gcnet.checkpoint.safe_torch_load``: a corrupt file raises naming it)."""
         path = Path(path) if path is not None else self.latest
         if not path.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_torch_load(path)
         missing = [k for k in ("state_dict", "optimizer", "scheduler", "rng", "epoch", "iter")
                    if k not in ckpt]
         if missing:

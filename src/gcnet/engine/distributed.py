@@ -18,6 +18,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gcnet.checkpoint.io import unwrap_model as unwrap  # one unwrapper for DDP, DataParallel, compile
+
+__all__ = [
+    "DistContext", "all_gather_object", "all_reduce_mean", "any_process", "barrier",
+    "find_free_port", "get_rank", "get_world_size", "init_distributed", "teardown_distributed",
+    "unwrap", "wrap_ddp",
+]
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -132,11 +140,6 @@ def wrap_ddp(
         find_unused_parameters=find_unused_parameters,
         **no_buffer_sync,
     )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (whose state_dict keys carry no ``module.`` prefix)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def all_reduce_mean(tensor: Tensor) -> Tensor:

@@ -35,7 +35,6 @@ from gcnet.engine.distributed import (
     barrier,
     get_rank,
     get_world_size,
-    unwrap,
     wrap_ddp,
 )
 from gcnet.engine.logger import TrainLogger

@@ -51,15 +51,15 @@ class DeformConv2dPack(nn.Module):
         deform_groups: int = 1,
     ) -> None:
         super().__init__()
-        for name, value, divisor in (
-            ("in_channels", in_channels, groups),
-            ("out_channels", out_channels, groups),
-            ("in_channels", in_channels, deform_groups),
+        for name, value, divisor_name, divisor in (
+            ("in_channels", in_channels, "groups", groups),
+            ("out_channels", out_channels, "groups", groups),
+            ("in_channels", in_channels, "deform_groups", deform_groups),
         ):
             if value <= 0 or divisor <= 0 or value % divisor:
                 raise ValueError(
-                    f"DeformConv2dPack: {name}={value} must be positive and divisible by "
-                    f"groups={groups} / deform_groups={deform_groups}"
+                    f"DeformConv2dPack: {name}={value} and {divisor_name}={divisor} must be positive, "
+                    f"with {name} divisible by {divisor_name}"
                 )
         self.in_channels = in_channels
         self.out_channels = out_channels

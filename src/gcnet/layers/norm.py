@@ -62,9 +62,10 @@ class FrozenBatchNorm2d(nn.Module):
 def build_norm(kind: str, num_features: int) -> nn.Module:
     """Norm layer for the backbone: ``"bn"``/``"syncbn"`` -> BatchNorm2d(eps 1e-5), ``"frozen_bn"``.
 
-    ``"syncbn"`` builds a plain BatchNorm2d: the trainer converts it with
-    ``nn.SyncBatchNorm.convert_sync_batchnorm`` when it runs distributed (the original's
-    SyncBN is BatchNorm2d outside distributed training).
+    ``"syncbn"`` builds a plain BatchNorm2d: when it runs distributed, the trainer converts the
+    backbone's live BNs with ``gcnet.engine.convert_sync_batchnorm`` (``nn.SyncBatchNorm`` on
+    CUDA, a gloo-capable one on CPU); the original's SyncBN is BatchNorm2d outside distributed
+    training.
     """
     if kind in ("bn", "syncbn"):
         return nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)

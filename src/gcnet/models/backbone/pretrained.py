@@ -27,11 +27,14 @@ from typing import Literal, Union
 import torch
 from torch import Tensor, nn
 
+from gcnet.checkpoint.remote import PRETRAINED_URLS
+
 Source = Union[str, os.PathLike, Mapping[str, Tensor]]
 Layout = Literal["auto", "torchvision", "mmdet"]
 
+# The open-mmlab:// names, from the one table of named weights in gcnet.checkpoint.
 OPENMMLAB_URLS = {
-    "resnext101_32x4d": "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth",
+    name[len("open-mmlab://"):]: url for name, url in PRETRAINED_URLS.items() if name.startswith("open-mmlab://")
 }
 _HEAD_PREFIXES = ("fc.",)
 _OPTIONAL_PARTS = (".context_block.", ".conv_offset.")
@@ -67,15 +70,13 @@ def _fetch(url: str) -> Path:
     cached = cache_dir / url.rsplit("/", 1)[-1]
     if cached.is_file():
         return cached
-    try:
-        from gcnet.checkpoint import download  # written elsewhere; may not exist yet
+    try:  # looked up at call time, so a stripped-down install (or a test) can go without it
+        from gcnet.checkpoint import download
     except ImportError:
-        download = None
-    if download is None:
         raise FileNotFoundError(
             f"ImageNet weights {url} are not in the cache and no downloader is available: "
             f"download the file yourself and put it at {cached} (or pass its path)"
-        )
+        ) from None
     return Path(download(url, cache_dir=str(cache_dir)))
 
 

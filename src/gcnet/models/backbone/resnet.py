@@ -40,14 +40,15 @@ def _context_block(cfg: BackboneConfig, channels: int, enabled: bool) -> Optiona
     return block
 
 
-class BasicBlock(nn.Module):
-    """ResNet-18/34 block: 3x3 (stride) -> 3x3, then [GC] -> + identity -> ReLU.
+class _ResidualBlock(nn.Module):
+    """What both blocks share: the constructor, and the forward's tail (optional GC block on the
+    residual branch, + identity, ReLU). Subclasses build and run the branch's convs.
 
-    The original allows no plugins here; we place a GC block after conv2 -> bn2 (the last conv,
-    the same role as after_conv3 in a bottleneck) and DCN on conv2.
+    The branch is built first, so state_dict keys come in the original's order (convs and norms,
+    then ``downsample``, then ``context_block``).
     """
 
-    expansion = 1
+    expansion: int
 
     def __init__(
         self,
@@ -60,6 +61,36 @@ class BasicBlock(nn.Module):
         with_dcn: bool,
     ) -> None:
         super().__init__()
+        self._build_branch(cfg, inplanes, planes, stride, with_dcn)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.context_block = _context_block(cfg, planes * self.expansion, with_gc)
+
+    def _build_branch(self, cfg: BackboneConfig, inplanes: int, planes: int, stride: int, with_dcn: bool) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self._branch(x)
+        if self.context_block is not None:
+            # GC block: after the last conv + norm, before the residual add (original: 'after_conv3').
+            out = self.context_block(out)
+        return self.relu(out + identity)
+
+
+class BasicBlock(_ResidualBlock):
+    """ResNet-18/34 block: 3x3 (stride) -> 3x3, then [GC] -> + identity -> ReLU.
+
+    The original allows no plugins here; we place a GC block after conv2 -> bn2 (the last conv,
+    the same role as after_conv3 in a bottleneck) and DCN on conv2.
+    """
+
+    expansion = 1
+
+    def _build_branch(self, cfg: BackboneConfig, inplanes: int, planes: int, stride: int, with_dcn: bool) -> None:
         if cfg.groups != 1 or cfg.base_width != 64:
             raise ValueError(
                 f"BackboneConfig: depth {cfg.depth} uses BasicBlock, which supports only groups=1 and "
@@ -69,35 +100,18 @@ class BasicBlock(nn.Module):
         self.bn1 = build_norm(cfg.norm, planes)
         self.conv2 = _conv3x3(planes, planes, 1, 1, with_dcn)
         self.bn2 = build_norm(cfg.norm, planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.context_block = _context_block(cfg, planes, with_gc)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.context_block is not None:
-            out = self.context_block(out)  # GC block: after the last conv + norm, before the add
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (stride, grouped for ResNeXt, optionally DCN) -> 1x1 (x4), [GC], + identity, ReLU."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        cfg: BackboneConfig,
-        inplanes: int,
-        planes: int,
-        stride: int,
-        downsample: Optional[nn.Sequential],
-        with_gc: bool,
-        with_dcn: bool,
-    ) -> None:
-        super().__init__()
+    def _build_branch(self, cfg: BackboneConfig, inplanes: int, planes: int, stride: int, with_dcn: bool) -> None:
         # ResNeXt width rule of the original: floor(planes * base_width / base_channels) * groups.
         if cfg.groups == 1:
             width = planes
@@ -111,19 +125,11 @@ class Bottleneck(nn.Module):
         self.bn2 = build_norm(cfg.norm, width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = build_norm(cfg.norm, out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.context_block = _context_block(cfg, out_channels, with_gc)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.context_block is not None:
-            # GC block: after conv3 -> bn3, before the residual add (original: 'after_conv3').
-            out = self.context_block(out)
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 def _validate(cfg: BackboneConfig) -> None:
@@ -158,7 +164,7 @@ class ResNet(nn.Module):
         _validate(cfg)
         self.cfg = cfg
         kind, stage_blocks = ARCH_SETTINGS[cfg.depth]
-        block: type[Union[BasicBlock, Bottleneck]] = BasicBlock if kind == "basic" else Bottleneck
+        block: type[_ResidualBlock] = BasicBlock if kind == "basic" else Bottleneck
         self.frozen_stages = cfg.frozen_stages
         self.norm_eval = cfg.norm_eval
         self.out_indices = tuple(cfg.out_indices)
@@ -185,7 +191,7 @@ class ResNet(nn.Module):
 
     def _make_layer(
         self,
-        block: type[Union[BasicBlock, Bottleneck]],
+        block: type[_ResidualBlock],
         inplanes: int,
         planes: int,
         num_blocks: int,

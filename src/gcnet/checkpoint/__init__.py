@@ -1,0 +1,32 @@
+"""Read, check, load, save and download checkpoints (the original's published files and our own).
+
+- :mod:`.io`: safe ``weights_only`` reading, atomic saving, model unwrapping;
+- :mod:`.structure`: the backbone a state dict holds, to name a mismatched checkpoint plainly;
+- :mod:`.remote`: URLs of named weights, downloading into the local cache, sha256 checks;
+- :mod:`.load`: :func:`load_checkpoint` with strict key/shape checks.
+"""
+
+from gcnet.checkpoint.remote import (
+    PRETRAINED_URLS,
+    default_cache_dir,
+    download,
+    resolve_url,
+    sha256_prefix_in_name,
+)
+from gcnet.checkpoint.io import (
+    CheckpointError,
+    atomic_copy,
+    atomic_write,
+    read_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+    unwrap_model,
+)
+from gcnet.checkpoint.load import load_checkpoint
+from gcnet.checkpoint.structure import BackboneStructure, backbone_structure
+
+__all__ = [
+    "BackboneStructure", "CheckpointError", "PRETRAINED_URLS", "atomic_copy", "atomic_write",
+    "backbone_structure", "default_cache_dir", "download", "load_checkpoint", "read_checkpoint",
+    "resolve_url", "safe_torch_load", "save_checkpoint", "sha256_prefix_in_name", "unwrap_model",
+]

@@ -1,0 +1,245 @@
+"""Safe reading and atomic writing of checkpoint files (the original's layout and our own).
+
+Files are unpickled with ``torch.load(weights_only=True)`` only: tensors and plain data, plus an
+explicit short allow-list (numpy arrays/scalars/dtypes) that old training metadata may carry.
+A published mmdetection file is ``{"state_dict": OrderedDict, "meta": {...}}``; mmcv's loader takes
+``state_dict``, strips ``module.`` and upgrades DCN's legacy ``conv2_offset`` keys; so do we.
+Every write goes through :func:`atomic_write`, so a crash midway never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+PathLike = Union[str, os.PathLike]
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)")
+_LEGACY_OFFSET = re.compile(r"^(.*\bconv\d*)_offset\.(weight|bias)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, fetched, or does not fit the model; says which and why."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module whose keys match the original's: no DDP/DataParallel ``module.``, no compile
+    ``_orig_mod.`` (wrappers nest, e.g. a compiled DDP model)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """Numpy types old metadata may hold (scalars, arrays, dtypes), under old and new module names."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    core = getattr(np, "_core", None) or np.core
+    out: list[Any] = [np.ndarray, np.dtype]
+    for fn_name in ("_reconstruct", "scalar"):
+        fn = getattr(core.multiarray, fn_name)
+        out += [(fn, f"numpy.core.multiarray.{fn_name}"), (fn, f"numpy._core.multiarray.{fn_name}")]
+    # unpickling a dtype rebuilds an instance of its concrete class (numpy.dtypes.Float64DType...)
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out += [t for t in vars(dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return out
+
+
+def _refused_global(message: str) -> Optional[str]:
+    match = _REFUSED_GLOBAL.search(message)
+    return None if match is None else (match.group(1) or match.group(2))
+
+
+def _allow(extra: list[Any]) -> contextlib.AbstractContextManager:
+    """Allow ``extra`` for one load only (torch < 2.5 has no allow-list: plain data only)."""
+    if not hasattr(torch.serialization, "safe_globals"):
+        return contextlib.nullcontext()
+    already = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in extra if g not in already])
+
+
+def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence[Any] = ()) -> Any:
+    """``torch.load(weights_only=True)`` with numpy metadata allowed; any failure becomes a
+    :class:`CheckpointError` naming the file (and the refused class, for hostile pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with _allow(_numpy_safe_globals() + list(trusted)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        name = _refused_global(str(err))
+        if name is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        raise CheckpointError(
+            f"{path}: refused to unpickle the Python global {name!r}: gcnet loads checkpoints with "
+            "torch.load(weights_only=True) and allows only tensors, plain Python data and numpy "
+            "arrays/scalars. If you trust this file, pass trusted_globals=[<that class>] to "
+            "read_checkpoint, or re-save its state_dict with plain types."
+        ) from None
+    except Exception as err:  # truncated or foreign files fail in many ways inside torch.load
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+
+
+def _clean_key(key: str) -> str:
+    """Strip DataParallel's ``module.`` and upgrade DCN v1 keys (mmcv DeformConv2dPack version < 2)."""
+    if key.startswith("module."):
+        key = key[len("module."):]
+    return _LEGACY_OFFSET.sub(r"\1.conv_offset.\2", key)
+
+
+def _split(obj: Any, path: Path) -> tuple[Mapping[str, Any], dict]:
+    """(weights, meta) of a loaded file: its ``state_dict``/``model`` entry, or a bare state dict."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict in the checkpoint, found {type(obj).__name__}")
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping):
+            meta = obj.get("meta")
+            return obj[key], dict(meta) if isinstance(meta, Mapping) else {}
+    if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj, {}
+    raise CheckpointError(
+        f"{path}: found no weights: neither a 'state_dict' entry nor a bare state dict "
+        f"(top-level keys: {sorted(map(str, obj))[:20]})"
+    )
+
+
+def read_checkpoint(
+    path: PathLike, *, map_location: Any = "cpu", trusted_globals: Sequence[Any] = ()
+) -> tuple[dict[str, Tensor], dict]:
+    """``(state_dict, meta)`` of a published mmdetection file, a bare state dict, or our own file.
+
+    Keys come back cleaned (no ``module.``, DCN ``convN_offset`` -> ``convN.conv_offset``).
+    ``trusted_globals`` lets a caller allow extra classes explicitly; nothing else is unpickled.
+    """
+    path = Path(path)
+    raw_sd, meta = _split(safe_torch_load(path, map_location, trusted_globals), path)
+    state_dict: dict[str, Tensor] = OrderedDict()
+    for key, value in raw_sd.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        new_key = _clean_key(str(key))
+        if new_key in state_dict:
+            raise CheckpointError(f"{path}: two state_dict entries map to the key {new_key!r}")
+        state_dict[new_key] = value
+    return state_dict, meta
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable where the OS allows it (not on Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], suffix: str = ".tmp") -> Path:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    If ``write`` raises (disk full, a failed download check, Ctrl-C), the temp file is removed and
+    any previous file at ``path`` stays untouched. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> Path:
+    """Copy ``src`` to ``dst`` so that ``dst`` is either the old file or the complete copy."""
+    with open(src, "rb") as source:
+        return atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.Size, torch.device)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse anything ``weights_only`` loading would refuse later, naming where it sits."""
+    if type(obj) in _PLAIN or isinstance(obj, Tensor):  # exact types: np.float64 subclasses float
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_plain(k, f"{where} key")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in (list, tuple, set):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}; only tensors "
+        "and plain Python data (dict, list, tuple, str, numbers, None) can be saved, so that the file "
+        "loads with torch.load(weights_only=True)"
+    )
+
+
+def save_checkpoint(
+    path: PathLike,
+    model_or_state_dict: Union[nn.Module, Mapping[str, Tensor]],
+    meta: Optional[Mapping[str, Any]] = None,
+    **extra: Any,
+) -> Path:
+    """Write ``{"state_dict", "meta", **extra}`` atomically (see :func:`atomic_write`).
+
+    Weights are detached CPU copies under the unwrapped model's keys; ``meta`` and ``extra`` must
+    be plain data, checked before anything is written, so the file reads back with
+    ``weights_only=True``.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        source: Mapping[str, Tensor] = unwrap_model(model_or_state_dict).state_dict()
+    elif isinstance(model_or_state_dict, Mapping):
+        source = model_or_state_dict
+    else:
+        raise TypeError(f"save_checkpoint: expected an nn.Module or a state dict, "
+                        f"got {type(model_or_state_dict).__name__}")
+    state_dict: dict[str, Tensor] = OrderedDict()
+    for key, value in source.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"save_checkpoint: state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+        state_dict[str(key)] = value.detach().cpu()
+    meta_dict = dict(meta or {})
+    _check_plain(meta_dict, "meta")
+    for key in ("state_dict", "meta"):
+        if key in extra:
+            raise TypeError(f"save_checkpoint: extra entry {key!r} would overwrite the {key}")
+    _check_plain(extra, "extra")
+    payload = {"state_dict": state_dict, "meta": meta_dict, **extra}
+    return atomic_write(path, lambda f: torch.save(payload, f))

@@ -1,0 +1,73 @@
+"""Load a checkpoint into a model: strict key and shape checks, with every problem listed."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from gcnet.checkpoint.remote import download, resolve_url
+from gcnet.checkpoint.io import CheckpointError, PathLike, read_checkpoint, unwrap_model
+from gcnet.checkpoint.structure import check_backbone
+
+_URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def _listing(title: str, items: list[str], limit: int = 40) -> str:
+    if not items:
+        return ""
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
+
+
+def _is_zoo_name(text: str) -> bool:
+    from gcnet.zoo import ZOO  # local import: the zoo is optional for plain file loads
+
+    return text in ZOO
+
+
+def _locate(path_or_url: PathLike) -> Path:
+    """A local file: URLs, ``scheme://name`` aliases and zoo names are downloaded (or cached)."""
+    text = os.fspath(path_or_url)
+    if isinstance(text, str) and (_URL_SCHEME.match(text) or _is_zoo_name(text)):
+        return download(resolve_url(text))
+    return Path(text)
+
+
+def load_checkpoint(
+    model: nn.Module, path_or_url: PathLike, strict: bool = True, map_location: Any = "cpu"
+) -> dict:
+    """Load weights into ``model`` from a path, an http(s) URL, a ``torchvision://``-style name or
+    a zoo config name; returns the checkpoint's ``meta``.
+
+    Strict by default: any missing or unexpected key raises :class:`CheckpointError` listing them
+    (missing ``num_batches_tracked`` counters are tolerated). Shape mismatches always raise.
+    """
+    path = _locate(path_or_url)
+    state_dict, meta = read_checkpoint(path, map_location=map_location)
+    target = unwrap_model(model)
+    own = target.state_dict()
+    check_backbone(own, state_dict, str(path))
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if shapes or (strict and (missing or unexpected)):
+        raise CheckpointError(
+            f"{path}: checkpoint does not match the model"
+            + _listing("missing keys (in the model, not in the file)", missing)
+            + _listing("unexpected keys (in the file, not in the model)", unexpected)
+            + _listing("shape mismatches", shapes)
+        )
+    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    if missing or unexpected:
+        warnings.warn(
+            f"{path}: loaded non-strictly; {len(missing)} missing and {len(unexpected)} unexpected keys"
+            + _listing("missing", missing, 10) + _listing("unexpected", unexpected, 10),
+            stacklevel=2,
+        )
+    return meta
