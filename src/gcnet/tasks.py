@@ -193,13 +193,14 @@ def cli_train(args: argparse.Namespace) -> int:
 
 
 def cli_bench(args: argparse.Namespace) -> int:
-    from gcnet.bench import format_row, run_bench
+    from gcnet.bench import ROW_HEADER, format_row, run_bench
 
     cfg = resolve_config(args.config, args.overrides)
     results = run_bench(cfg, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                         compile=args.compile, iters=args.iters, peer=args.peer, train=args.train)
-    for result in results:
-        print(format_row(result, args.config))
+    print(ROW_HEADER)
+    for result in results:  # the peer's rows carry the peer's own name
+        print(format_row(result, args.config if result.name == cfg.name else None))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Random positive/negative sampling (mmdet ``RandomSampler``).
 
 Returned indices are sorted ascending (the original applies ``unique`` to each set).
-Adding the gt boxes as proposals is the caller's job (before assigning).
+Adding the gt boxes as proposals is the caller's job: the RoI head adds them after assigning,
+as extra positives (``gcnet.models.roi.targets.sample_rois``), as the original does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class RandomSampler:
         self.num = int(num)
         self.pos_fraction = float(pos_fraction)
         self.neg_pos_ub = neg_pos_ub
-        # Kept for config parity; the RoI head prepends the gts before assigning.
+        # Kept for config parity; the RoI head adds the gts (after assigning) itself.
         self.add_gt_as_proposals = add_gt_as_proposals
 
     def sample(
