@@ -62,8 +62,9 @@ def evaluate_model(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """COCO bbox + segm AP of ``model`` on a COCO-format set (sharded over ranks when distributed;
-    results gathered and evaluated once, on rank 0, which returns the stats; others get {})."""
+    """COCO bbox + segm AP of ``model`` on a COCO-format set (each rank takes a disjoint, unpadded
+    shard when distributed; results gathered and evaluated once, on rank 0, which returns the
+    stats; other ranks get {})."""
     import torch.distributed as dist
 
     from gcnet.data import CocoDetection, build_loader
@@ -86,8 +87,6 @@ def evaluate_model(
     results = gather_results(results)
     if rank != 0:
         return {}
-    unique = {(r["image_id"], r["category_id"], tuple(r["bbox"]), r["score"]): r for r in results}
-    results = list(unique.values())  # a padded last shard may repeat images
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results))
