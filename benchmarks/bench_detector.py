@@ -6,10 +6,12 @@ the class-wise NMS: ours ``score_thr = -1``, torchvision ``box_score_thresh = 0.
 original's benchmark (synchronised forward + post-processing incl. mask pasting, pre-processing
 outside the timer), in one process, alternating the two models run by run; medians of the repeats.
 
-Usage: python benchmarks/bench_detector.py [--repeats 7] [--threads N] [--no-profile] [--no-variants] [--write]
-The variants (ours with BN folded + channels-last, torchvision channels-last) show the
-optimisations available without touching the model code.
-``--write`` appends a dated section to benchmarks/RESULTS.md.
+Usage: python benchmarks/bench_detector.py [--repeats 5] [--threads 1] [--ablation] [--profile] [--write]
+Variants: ours and torchvision through ``gcnet.speed.prepare_for_inference`` (BN folded, NHWC,
+1x1 convs on oneDNN: the same generic tricks for both), torchvision channels-last alone;
+``--ablation`` adds ours with NHWC only and with fold + NHWC. Latency is the process CPU time
+(``os.times``) with 1 thread (robust on a shared machine), and wall time (use it with threads > 1).
+``--write`` appends a dated subsection to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
 
-from gcnet.bench import prepare_for_inference, synthetic_input, torchvision_peer
+from gcnet.bench import synthetic_input, torchvision_peer
 from gcnet.config import Config, DataConfig
 from gcnet.models.detector import TwoStageDetector
+from gcnet.speed import cpu_time_s, prepare_for_inference
 from gcnet.zoo import get_config
 
 CONFIG = "mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco"
@@ -51,15 +55,15 @@ def build_peer(data: DataConfig) -> torch.nn.Module:
     return torchvision_peer(num_classes=80, proposals=1000, detections=100, score_thresh=0.0, data=data).eval()
 
 
-def _time(fn) -> tuple[float, float]:
-    """(wall ms, process CPU ms) of one call. With one torch thread the CPU time is the work done,
-    much less sensitive than wall time to other jobs on a shared machine."""
-    start, cpu = time.perf_counter(), time.process_time()
+def _time(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall ms, process CPU ms) of one call. With one torch thread the CPU time (``os.times``) is
+    the work done, much less sensitive than wall time to other jobs on a shared machine."""
+    start, cpu = time.perf_counter(), cpu_time_s()
     fn()
-    return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu) * 1000.0
+    return (time.perf_counter() - start) * 1000.0, (cpu_time_s() - cpu) * 1000.0
 
 
-def profile_top(fn, rows: int = 15) -> str:
+def profile_top(fn: Callable[[], object], rows: int = 15) -> str:
     """Top ops by self CPU time of one call, as the profiler's table."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -68,29 +72,64 @@ def profile_top(fn, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
 
 
+def build_runs(ours: torch.nn.Module, peer: torch.nn.Module, images, metas, raw, ablation: bool) -> dict:
+    """name -> zero-argument call; the first two are the reference pair (ours eager, torchvision eager)."""
+    ours_fast = prepare_for_inference(ours)
+    peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
+    peer_fast = prepare_for_inference(peer)
+    runs = {
+        "gcnet": lambda: ours(images, metas),
+        "torchvision": lambda: peer([raw]),
+        "gcnet prepare_for_inference": lambda: ours_fast(images, metas),
+        "torchvision channels-last": lambda: peer_cl([raw]),
+        "torchvision prepare_for_inference": lambda: peer_fast([raw]),
+    }
+    if ablation:  # what each step buys: NHWC alone, then + folded BN (1x1 convs left to PyTorch's choice)
+        ours_cl = prepare_for_inference(ours, fuse_bn=False, onednn_1x1=False)
+        ours_fold_cl = prepare_for_inference(ours, onednn_1x1=False)
+        runs["gcnet channels-last"] = lambda: ours_cl(images, metas)
+        runs["gcnet fold-bn + channels-last"] = lambda: ours_fold_cl(images, metas)
+    return runs
+
+
+def check_equal(ours: torch.nn.Module, images, metas) -> str:
+    """Detections of the prepared model vs eager, matched per detection (random weights give many
+    near-equal scores whose order float rounding may swap): same label multiset, and for every eager
+    detection the closest prepared one of its label; max box / score difference over them."""
+    with torch.inference_mode():
+        ref = ours(images, metas)[0]
+        out = prepare_for_inference(ours)(images, metas)[0]
+    same = torch.equal(ref.labels.sort()[0], out.labels.sort()[0])
+    diff = (ref.boxes[:, None] - out.boxes[None]).abs().amax(-1)
+    diff = diff.masked_fill(ref.labels[:, None] != out.labels[None], float("inf"))
+    box, j = diff.min(1)
+    score = (ref.scores - out.scores[j]).abs().max().item()
+    in_order = torch.equal(ref.labels, out.labels) and bool((ref.boxes - out.boxes).abs().max() <= 1e-3)
+    return (
+        f"prepared vs eager: same labels {same}, max |box diff| {box.max().item():.1e} px and "
+        f"|score diff| {score:.1e} over matched detections (same order: {in_order})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--no-variants", action="store_true", help="skip the fused/channels-last variants")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="profile one forward of gcnet eager and prepared")
+    parser.add_argument("--ablation", action="store_true", help="also time gcnet with NHWC only / fold + NHWC")
     parser.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     ours, cfg = build_ours()
     peer = build_peer(cfg.data)
     images, metas = synthetic_input(IMAGE, cfg.data)
     raw = torch.rand(3, *IMAGE, generator=torch.Generator().manual_seed(0))
-    runs = {"gcnet": lambda: ours(images, metas), "torchvision": lambda: peer([raw])}
-    if not args.no_variants:
-        ours_fast = prepare_for_inference(ours)
-        peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
-        runs["gcnet fused-bn + channels-last"] = lambda: ours_fast(images, metas)
-        runs["torchvision channels-last"] = lambda: peer_cl([raw])
+    equality = check_equal(ours, images, metas)
+    print(equality, flush=True)
+    runs = build_runs(ours, peer, images, metas, raw, args.ablation)
 
     times: dict[str, list[float]] = {k: [] for k in runs}
     cpu_times: dict[str, list[float]] = {k: [] for k in runs}
@@ -100,8 +139,8 @@ def main() -> None:
                 fn()
         counts = {"gcnet": len(runs["gcnet"]()[0]), "torchvision": len(runs["torchvision"]()[0]["boxes"])}
         profiles = {}
-        if not args.no_profile:
-            profiles = {"gcnet": profile_top(runs["gcnet"]), "torchvision": profile_top(runs["torchvision"])}
+        if args.profile:
+            profiles = {k: profile_top(runs[k]) for k in ("gcnet", "gcnet prepare_for_inference")}
         names = list(runs)
         for r in range(args.repeats):  # rotate the order, so drifts in machine load hit all alike
             order = names[r % len(names):] + names[: r % len(names)]
@@ -109,45 +148,43 @@ def main() -> None:
                 wall, cpu = _time(runs[name])
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
-            print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()), flush=True)
+            print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in cpu_times.items()) + " (CPU ms)", flush=True)
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu_times.items()}
-    for k, v in medians.items():
-        print(f"{k}: median {v:.0f} ms wall, {cpu_medians[k]:.0f} ms CPU")
-    print(f"ratio gcnet/torchvision = {medians['gcnet'] / medians['torchvision']:.2f}x")
+    for k in runs:
+        print(f"{k}: median {medians[k]:.0f} ms wall ({medians[k] / medians['torchvision']:.2f}x), "
+              f"{cpu_medians[k]:.0f} ms CPU ({cpu_medians[k] / cpu_medians['torchvision']:.2f}x)")
     for name, table in profiles.items():
         print(f"\n== profile {name} ==\n{table}")
     if args.write:
-        write_section(args, times, medians, cpu_medians, counts, profiles)
+        write_section(args, times, cpu_times, counts, profiles, equality)
 
 
-def write_section(args, times, medians, cpu_medians, counts, profiles) -> None:
+def write_section(args, times, cpu_times, counts, profiles, equality: str) -> None:
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu_times.items()}
     base, cpu_base = medians["torchvision"], cpu_medians["torchvision"]
+    clock = "CPU time (os.times, 1 thread)" if args.threads == 1 else "wall time (perf_counter)"
     lines = [
         "",
-        f"## Detector CPU latency: gcnet GC R-50 Mask R-CNN vs torchvision ({datetime.date.today().isoformat()})",
+        f"### Detector run: {args.threads} thread(s), {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "",
-        f"- Machine: {platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
-        f"torch threads, CPU shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); "
-        f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}.",
-        f"- `python benchmarks/bench_detector.py --repeats {args.repeats}"
-        f"{f' --threads {args.threads}' if args.threads else ''}{' --no-profile' if args.no_profile else ''} --write`: `{CONFIG}` vs "
-        "`maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)`, random weights, "
-        "one 800x1199 image (both pad it to 800x1216), 1000 proposals and 100 detections forced on both "
-        "(ours `score_thr=-1`, torchvision `box_score_thresh=0.0`), forward + post-processing incl. "
-        "mask pasting into 800x1199; our normalisation/padding outside the timer (torchvision's "
-        f"transform is inside its forward). Detections: gcnet {counts['gcnet']}, torchvision "
-        f"{counts['torchvision']}. Same process, order rotated every repeat, medians:",
+        f"- {platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"thread(s), shared machine (load average {os.getloadavg()[0]:.1f} at the end); Python "
+        f"{platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}.",
+        f"- `python benchmarks/bench_detector.py --repeats {args.repeats} --threads {args.threads}"
+        f"{' --ablation' if args.ablation else ''} --write`; detections: gcnet {counts['gcnet']}, torchvision "
+        f"{counts['torchvision']}; {equality}. Ratios use the {clock}.",
         "",
-        "| model | median wall ms | wall ratio to torchvision | median CPU ms | CPU ratio | all wall runs (ms) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | median CPU ms | CPU ratio to torchvision | median wall ms | wall ratio | all CPU runs (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, ms in medians.items():
         cpu = cpu_medians[name]
         lines.append(
-            f"| {name} | {ms:.0f} | {ms / base:.2f}x | {cpu:.0f} | {cpu / cpu_base:.2f}x | "
-            f"{[round(t) for t in times[name]]} |"
+            f"| {name} | {cpu:.0f} | {cpu / cpu_base:.2f}x | {ms:.0f} | {ms / base:.2f}x | "
+            f"{[round(t) for t in cpu_times[name]]} |"
         )
     for name, table in profiles.items():
         lines += ["", f"Top ops by self CPU time, one forward of {name}:", "", "```", table.rstrip(), "```"]

@@ -14,27 +14,31 @@ to 800x1199 and pads it to 800x1216.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-import os
 import statistics
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gcnet.config import Config, DataConfig
+from gcnet.speed import (  # noqa: F401 (re-exported: the measurement primitives and speed-ups live there)
+    CompileScope,
+    _MemoryMeter,
+    _timed_loop,
+    autocast_context,
+    compile_detector,
+    fuse_conv_bn,
+    prepare_for_inference,
+    sync,
+)
 from gcnet.structures import ImageMeta, Targets
 
 DType = Literal["fp32", "bf16", "fp16"]
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (427, 640)
-_AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ImageSource = Union[tuple[int, int], Sequence[np.ndarray]]
 
 
@@ -128,188 +132,6 @@ def _real_inputs(images: Sequence[np.ndarray], data: DataConfig) -> list[tuple[T
         batch[0, :, :h, :w] = tensor
         batches.append((batch, [meta]))
     return batches
-
-
-# ------------------------------------------------------------------------------------ measurement
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued kernels so a timer measures the work, not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type not in ("cpu", "meta") and hasattr(torch, "accelerator"):
-        torch.accelerator.synchronize(device)
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast for "bf16" / "fp16", a no-op for "fp32"."""
-    if dtype not in _AMP_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_AMP_DTYPES)}, got {dtype!r}")
-    amp = _AMP_DTYPES[dtype]
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
-
-
-try:
-    _PAGE = os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):  # not a POSIX system
-    _PAGE = 4096
-
-
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        return None
-
-
-class _MemoryMeter:
-    """Peak memory over a block: CUDA allocator peak, or sampled RSS growth on CPU."""
-
-    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
-        self.device = device
-        self.interval_s = interval_s
-        self.peak_mb: Optional[float] = None
-        self.note = ""
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._base = 0
-        self._peak = 0
-
-    def __enter__(self) -> "_MemoryMeter":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.note = "torch.cuda.max_memory_allocated (allocated, not reserved)"
-        else:
-            base = _rss_bytes()
-            if base is None:
-                self.note = "no memory counter on this platform"
-                return self
-            self._base = self._peak = base
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-            self.note = "CPU: growth of the resident set size (RSS) over the run, sampled every 5 ms (approximate)"
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            rss = _rss_bytes() or 0
-            self._peak = max(self._peak, rss)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._peak = max(self._peak, _rss_bytes() or 0)
-            self.peak_mb = (self._peak - self._base) / 2**20
-
-
-def _timed_loop(
-    step: Callable[[int], Any], device: torch.device, warmup: int, iters: int
-) -> tuple[list[float], list[Any], _MemoryMeter]:
-    """Run ``step(i)`` warmup + iters times; time only the last ``iters``, synchronised around each."""
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
-    times, outputs = [], []
-    for i in range(warmup):
-        step(i)
-    with _MemoryMeter(device) as meter:
-        for i in range(warmup, warmup + iters):
-            sync(device)
-            start = time.perf_counter()
-            out = step(i)
-            sync(device)
-            times.append((time.perf_counter() - start) * 1000.0)
-            outputs.append(out)
-    return times, outputs, meter
-
-
-CompileScope = Literal["full", "static"]
-
-
-def _with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
-    """A shallow copy of ``module`` (parameters shared) with some children replaced."""
-    clone = copy.copy(module)
-    clone._modules = {**module._modules, **children}
-    return clone
-
-
-def compile_detector(model: nn.Module, scope: CompileScope = "full", backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` a detector for inference.
-
-    ``"full"`` compiles the whole forward (dynamo splits it at the data-dependent NMS / top-k / mask
-    steps); ``"static"`` compiles only the static-shape parts (backbone, FPN, RPN convs, box and mask
-    heads) and leaves the glue eager, which compiles several times faster and gives the same outputs.
-    The model itself is not modified (``"static"`` returns shallow copies sharing the parameters).
-    """
-    if scope == "full":
-        return torch.compile(model, backend=backend)
-    if scope != "static":
-        raise ValueError(f"compile_detector: scope must be 'full' or 'static', got {scope!r}")
-    for child in ("backbone", "neck", "rpn_head", "roi_head"):
-        if not hasattr(model, child):
-            raise TypeError(f"compile_detector: model has no {child!r}; expected a gcnet TwoStageDetector")
-    comp = lambda m: torch.compile(m, backend=backend)  # noqa: E731
-    rpn = model.rpn_head
-    rpn = _with_children(rpn, {k: comp(getattr(rpn, k)) for k in ("rpn_conv", "rpn_cls", "rpn_reg")})
-    heads = {}
-    for attr in ("bbox_head", "mask_head"):
-        head = getattr(model.roi_head, attr, None)
-        if isinstance(head, nn.ModuleList):
-            heads[attr] = nn.ModuleList(comp(h) for h in head)
-        elif head is not None:
-            heads[attr] = comp(head)
-    roi = _with_children(model.roi_head, heads)
-    return _with_children(
-        model, {"backbone": comp(model.backbone), "neck": comp(model.neck), "rpn_head": rpn, "roi_head": roi}
-    )
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with every eval-mode norm folded into the conv before it.
-
-    Pairs are ``convN``/``bnN`` siblings and ``Sequential(conv, norm)`` (the downsample branch);
-    deformable convs are left alone. Inference only: the original's ``--fuse-conv-bn`` option.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    fused = copy.deepcopy(model).eval()
-    norms = (nn.BatchNorm2d, _frozen_bn_type())
-    for parent in fused.modules():
-        children = parent._modules
-        pairs = [(k, "bn" + k[4:]) for k in children if k.startswith("conv") and "bn" + k[4:] in children]
-        if isinstance(parent, nn.Sequential):
-            keys = list(children)
-            pairs += list(zip(keys[:-1], keys[1:]))
-        for conv_key, bn_key in pairs:
-            conv, bn = children[conv_key], children[bn_key]
-            if type(conv) is nn.Conv2d and isinstance(bn, norms):
-                children[conv_key] = fuse_conv_bn_eval(conv, bn)
-                children[bn_key] = nn.Identity()
-    return fused
-
-
-def prepare_for_inference(model: nn.Module, fuse_bn: bool = True, channels_last: bool = True) -> nn.Module:
-    """A copy of ``model`` tuned for CPU/GPU inference: norms folded into convs, NHWC conv weights.
-
-    With channels-last weights PyTorch runs every conv (and the ops after it) in NHWC, which
-    oneDNN on CPU and cuDNN on tensor cores handle without layout reorders. Outputs equal the
-    eager model's up to float rounding.
-    """
-    out = fuse_conv_bn(model) if fuse_bn else copy.deepcopy(model).eval()
-    return out.to(memory_format=torch.channels_last) if channels_last else out
-
-
-def _frozen_bn_type() -> type:
-    try:
-        from gcnet.layers import FrozenBatchNorm2d
-    except ImportError:
-        return nn.BatchNorm2d
-    return FrozenBatchNorm2d
 
 
 def _maybe_compile(model: nn.Module, compile: Union[bool, CompileScope]) -> nn.Module:

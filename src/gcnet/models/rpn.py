@@ -60,7 +60,7 @@ class RPNHead(nn.Module):
         """Raw outputs per level: logits [N, A, H, W] and deltas [N, 4A, H, W]."""
         cls_outs, reg_outs = [], []
         for x in feats:
-            h = F.relu(self.rpn_conv(x))
+            h = F.relu(self.rpn_conv(x), inplace=True)  # the conv's fresh output; saves a map allocation
             cls_outs.append(self.rpn_cls(h))
             reg_outs.append(self.rpn_reg(h))
         return cls_outs, reg_outs

@@ -50,7 +50,7 @@ class Shared2FCBBoxHead(nn.Module):
         """RoI features [K, C, 7, 7] -> (class logits [K, num_classes + 1], deltas [K, 4 or 4C])."""
         x = x.flatten(1)
         for fc in self.shared_fcs:
-            x = torch.relu(fc(x))
+            x = torch.relu_(fc(x))  # in place on the fc's fresh output
         return self.fc_cls(x), self.fc_reg(x)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.config import RoIConfig, cascade_stages  # noqa: F401 (cascade_stages re-exported)
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes, regress_by_label
-from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
+from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
 from gcnet.models.roi.inference import multiclass_nms, to_detections
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.standard import RoIHeadOutput, check_inputs
@@ -64,6 +64,7 @@ class CascadeRoIHead(nn.Module):
     ) -> RoIHeadOutput:
         """Loss dict (``s{t}.loss_*``, already weighted) with ``targets``, else per-image ``Detections``."""
         check_inputs(feats, proposals, metas, targets, len(self.cfg.featmap_strides), self.with_mask)
+        feats = nchw_levels(feats, len(self.cfg.featmap_strides))  # once, not in every roi_align
         if targets is not None:
             return self.loss(feats, proposals, metas, targets)
         return self.predict(feats, proposals, metas)

@@ -22,7 +22,7 @@ class ConvReLU(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.conv(x))
+        return torch.relu_(self.conv(x))  # in place on the conv's fresh output
 
 
 class FCNMaskHead(nn.Module):
@@ -52,4 +52,4 @@ class FCNMaskHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
             x = conv(x)
-        return self.conv_logits(F.relu(self.upsample(x)))
+        return self.conv_logits(F.relu(self.upsample(x), inplace=True))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.config import RoIConfig
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes
-from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
+from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
 from gcnet.models.roi.inference import multiclass_nms, to_detections
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.targets import bbox_losses, mask_branch_loss, sample_rois, stage_samplers
@@ -81,6 +81,7 @@ class StandardRoIHead(nn.Module):
     ) -> RoIHeadOutput:
         """Loss dict when ``targets`` are given, else one ``Detections`` per image (original pixels)."""
         check_inputs(feats, proposals, metas, targets, len(self.cfg.featmap_strides), self.with_mask)
+        feats = nchw_levels(feats, len(self.cfg.featmap_strides))  # once, not in every roi_align
         if targets is not None:
             return self.loss(feats, proposals, targets)
         return self.predict(feats, proposals, metas)
