@@ -79,6 +79,13 @@ def test_cli_predict_writes_pngs_and_json(demo_model, tmp_path) -> None:
     records = json.loads((out / "detections.json").read_text())
     assert records and {"file_name", "bbox", "score", "label", "category_name", "segmentation"} <= set(records[0])
     assert {r["file_name"] for r in records} <= {str(p) for p in paths}
+    fast_out = tmp_path / "fast"
+    assert main([*argv[:-4], "--out", str(fast_out), "--score-thr", "0.0", "--fast"]) == 0
+    fast = json.loads((fast_out / "detections.json").read_text())
+    assert len(fast) == len(records)
+    for a, b in zip(sorted(records, key=lambda r: -r["score"]), sorted(fast, key=lambda r: -r["score"])):
+        assert a["label"] == b["label"]
+        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) < 1e-2
 
 
 def test_cli_errors_are_messages_not_traces(tmp_path, capsys) -> None:

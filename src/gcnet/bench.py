@@ -393,8 +393,12 @@ def run_bench(
     image_size: ImageSource = DEFAULT_IMAGE_SIZE,
     warmup: int = 5,
     train: bool = False,
+    fast: bool = False,
 ) -> list[BenchResult]:
     """What ``gcnet bench`` runs: inference (and optionally a training step) of one config, plus the peer.
+
+    ``fast`` times the inference mode of :func:`gcnet.speed.prepare_for_inference` (folded BN,
+    channels-last, oneDNN 1x1 convs); the peer then gets the same preparation.
 
     Weights are random unless ``checkpoint`` is given (speed does not depend on them, except through
     the number of detections that survive the score threshold).
@@ -407,9 +411,10 @@ def run_bench(
         from gcnet.checkpoint import load_checkpoint
 
         load_checkpoint(model, str(checkpoint))
+    timed = prepare_for_inference(model.to(device).eval()) if fast else model
     results = [
         benchmark_inference(
-            model, image_size, device, dtype, compile, warmup=warmup, iters=iters, data=cfg.data, name=cfg.name
+            timed, image_size, device, dtype, compile, warmup=warmup, iters=iters, data=cfg.data, name=cfg.name
         )
     ]
     if train:
@@ -425,5 +430,7 @@ def run_bench(
         if not isinstance(image_size, tuple):
             raise ValueError("run_bench(peer=True) needs image_size as an (h, w) tuple")
         tv = torchvision_peer(num_classes=cfg.model.roi.num_classes, data=cfg.data)
+        if fast:
+            tv = prepare_for_inference(tv.to(device).eval())
         results.append(benchmark_peer(tv, image_size, device, dtype, compile, warmup=warmup, iters=iters))
     return results

@@ -27,6 +27,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--score-thr", type=float, default=0.3, help="drawing threshold")
+    p.add_argument("--fast", action="store_true",
+                   help="inference mode with folded BN, channels-last and oneDNN 1x1 convs (CPU: ~15%% faster)")
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
@@ -36,6 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write detections (COCO results json)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--fast", action="store_true",
+                   help="inference mode with folded BN, channels-last and oneDNN 1x1 convs (CPU: ~15%% faster)")
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
     _add_config(p)
@@ -56,6 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="store_true", help="also measure torchvision's Mask R-CNN")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
+    p.add_argument("--fast", action="store_true",
+                   help="inference mode with folded BN, channels-last and oneDNN 1x1 convs (CPU: ~15%% faster)")
 
     p = sub.add_parser("export", help="export to torch.export and ONNX")
     _add_config(p)

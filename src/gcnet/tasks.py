@@ -38,8 +38,10 @@ def default_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
-    """Build ``cfg``'s detector and load ``checkpoint`` (path, URL or zoo name) strictly."""
+def load_model(cfg: Config, checkpoint: str | None, device: torch.device, fast: bool = False) -> torch.nn.Module:
+    """Build ``cfg``'s detector and load ``checkpoint`` (path, URL or zoo name) strictly; ``fast``
+    returns the inference mode of :func:`gcnet.speed.prepare_for_inference` (same detections up
+    to float rounding)."""
     from gcnet.checkpoint import CheckpointError, load_checkpoint
     from gcnet.models.detector import build_model
 
@@ -49,7 +51,12 @@ def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> tor
             load_checkpoint(model, checkpoint)
         except (CheckpointError, FileNotFoundError) as err:
             raise UserError(str(err)) from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if fast:
+        from gcnet.speed import prepare_for_inference
+
+        model = prepare_for_inference(model)
+    return model
 
 
 @torch.inference_mode()
@@ -146,7 +153,7 @@ def cli_zoo(args: argparse.Namespace) -> int:
 
 def cli_predict(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
-    model = load_model(cfg, args.checkpoint, default_device(args.device))
+    model = load_model(cfg, args.checkpoint, default_device(args.device), args.fast)
     path = predict_to_dir(model, args.images, args.out, cfg.data, args.score_thr)
     print(f"wrote {len(args.images)} image(s) and {path}")
     return 0
@@ -159,7 +166,7 @@ def cli_test(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
     ctx = init_distributed(args.device)
     try:
-        model = load_model(cfg, args.checkpoint, ctx.device)
+        model = load_model(cfg, args.checkpoint, ctx.device, args.fast)
         evaluate_model(model, args.data, args.images, cfg.data, args.batch_size, args.out)
     except DatasetError as err:
         raise UserError(str(err)) from None
@@ -196,7 +203,8 @@ def cli_bench(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, args.overrides)
     results = run_bench(cfg, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-                        compile=args.compile, iters=args.iters, peer=args.peer, train=args.train)
+                        compile=args.compile, iters=args.iters, peer=args.peer, train=args.train,
+                        fast=args.fast)
     print(ROW_HEADER)
     for result in results:  # the peer's rows carry the peer's own name
         print(format_row(result, args.config if result.name == cfg.name else None))
