@@ -59,7 +59,7 @@ def time_models(
     """Milliseconds per forward for each model; models alternate within every repeat.
 
     ``clock="cpu"`` reads the process CPU time: on a shared machine it counts only this
-    process's work (other users' load mostly inflates wall time), so ratios stay fair.
+    process's work (other jobs' load mostly inflates wall time), so ratios stay fair.
     """
     timer = time.process_time if clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in models}
