@@ -192,15 +192,9 @@ def test_peer_is_torchvision_maskrcnn_with_forced_budget():
 
 
 def _tiny_config() -> Config:
-    from gcnet.config import BackboneConfig, FPNConfig, ModelConfig, RoIConfig, RPNConfig
+    from tiny_models import tiny_config
 
-    model = ModelConfig(
-        backbone=BackboneConfig(depth=18, pretrained=None, gc_ratio=1 / 4),
-        neck=FPNConfig(in_channels=(64, 128, 256, 512), out_channels=32),
-        rpn=RPNConfig(in_channels=32, feat_channels=32, test_nms_pre=50, test_max_per_img=30),
-        roi=RoIConfig(num_classes=3, in_channels=32, fc_channels=64, max_per_img=10),
-    )
-    return Config(name="tiny", model=model, data=DataConfig(scale=(128, 96)), class_names=("a", "b", "c"))
+    return tiny_config()
 
 
 def test_run_bench_on_a_tiny_real_detector():

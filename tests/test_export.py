@@ -7,36 +7,12 @@ import torch
 
 pytest.importorskip("gcnet.models.roi")
 from gcnet import bench, export  # noqa: E402
-from gcnet.config import (  # noqa: E402
-    BackboneConfig,
-    DataConfig,
-    FPNConfig,
-    ModelConfig,
-    RoIConfig,
-    RoIStageConfig,
-    RPNConfig,
-)
-from gcnet.models.detector import TwoStageDetector  # noqa: E402
-from gcnet.models.roi import cascade_stages  # noqa: E402
+from gcnet.config import DataConfig  # noqa: E402
+from tiny_models import tiny_detector  # noqa: E402
 
 torch.set_num_threads(1)
 DATA = DataConfig(scale=(128, 96))
 IMAGE = (96, 128)  # original (h, w); the pipeline keeps it (factor 1) and it is already padded
-
-
-def tiny_detector(cascade: bool) -> TwoStageDetector:
-    roi = RoIConfig(
-        num_classes=3, in_channels=32, fc_channels=64, max_per_img=10,
-        stages=cascade_stages() if cascade else (RoIStageConfig(),),
-    )
-    cfg = ModelConfig(
-        backbone=BackboneConfig(depth=18, pretrained=None, gc_ratio=1 / 4),
-        neck=FPNConfig(in_channels=(64, 128, 256, 512), out_channels=32),
-        rpn=RPNConfig(in_channels=32, feat_channels=32, test_nms_pre=50, test_max_per_img=30),
-        roi=roi,
-    )
-    torch.manual_seed(0)
-    return TwoStageDetector(cfg, ("a", "b", "c")).eval()
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["mask-rcnn", "cascade"])

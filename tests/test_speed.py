@@ -6,12 +6,12 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gcnet import bench, speed
-from gcnet.config import BackboneConfig, Config, DataConfig, FPNConfig, ModelConfig, RoIConfig, RPNConfig
+from gcnet.config import Config
 from gcnet.models.roi.extractor import RoIExtractor, nchw_levels
+from tiny_models import tiny_config
 
 torch.set_num_threads(1)
 
@@ -126,13 +126,7 @@ def test_bench_reexports_the_moved_names():
 
 
 def _tiny_config() -> Config:
-    model = ModelConfig(
-        backbone=BackboneConfig(depth=18, pretrained=None, gc_ratio=1 / 4),
-        neck=FPNConfig(in_channels=(64, 128, 256, 512), out_channels=32),
-        rpn=RPNConfig(in_channels=32, feat_channels=32, test_nms_pre=50, test_max_per_img=30),
-        roi=RoIConfig(num_classes=3, in_channels=32, fc_channels=64, max_per_img=10, score_thr=-1.0),
-    )
-    return Config(name="tiny", model=model, data=DataConfig(scale=(160, 128)), class_names=("a", "b", "c"))
+    return tiny_config(scale=(160, 128), score_thr=-1.0)
 
 
 def test_prepare_for_inference_keeps_detections_of_a_tiny_detector():
