@@ -18,7 +18,7 @@ from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.config import RoIConfig, cascade_stages  # noqa: F401 (cascade_stages re-exported)
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes, regress_by_label
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
-from gcnet.models.roi.inference import multiclass_nms, to_detections
+from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.standard import RoIHeadOutput, check_inputs
 from gcnet.models.roi.targets import (
@@ -153,26 +153,7 @@ class CascadeRoIHead(nn.Module):
             decoded = decode_all_classes(self.coders[-1], b, d, meta.img_shape)
             cfg = self.cfg
             kept.append(multiclass_nms(decoded, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
-        mask_probs = self._mask_probs(feats, kept) if self.with_mask else [None] * len(kept)
-        return [
-            to_detections(b, s, l, m, meta, self.cfg.mask_thr)
-            for (b, s, l), m, meta in zip(kept, mask_probs, metas)
-        ]
-
-    def _mask_probs(
-        self, feats: Sequence[Tensor], kept: list[tuple[Tensor, Tensor, Tensor]]
-    ) -> list[Tensor]:
-        """Mean over the stages' mask heads of the sigmoid maps, label channel [n, 28, 28] per image."""
-        rois = boxes_to_rois([b for b, _, _ in kept])
-        labels = torch.cat([l for _, _, l in kept])
-        size = self.cfg.mask_size
-        if rois.shape[0] == 0:
-            return [rois.new_zeros((0, size, size)) for _ in kept]
-        mask_feats = self.mask_roi_extractor(feats, rois)
-        rows = torch.arange(rois.shape[0], device=rois.device)
-        # Selecting the label channel before averaging gives the same numbers with 80x less memory.
-        stacked = torch.stack(
-            [torch.sigmoid(head(mask_feats)[rows, labels].float()) for head in self.mask_head]
-        )
-        probs = stacked.mean(dim=0)
-        return list(probs.split([b.shape[0] for b, _, _ in kept]))
+        mask_probs = None
+        if self.with_mask:
+            mask_probs = label_mask_probs(self.mask_roi_extractor, self.mask_head, feats, kept, self.cfg.mask_size)
+        return detections_of_batch(kept, mask_probs, metas, self.cfg.mask_thr)

@@ -8,12 +8,17 @@ instead rescaled before NMS; the two agree up to float rounding (spec section 6.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gcnet.boxes import batched_nms
 from gcnet.models.postprocess import paste_masks, rescale_boxes
+from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
 from gcnet.structures import Detections, ImageMeta
+
+Kept = tuple[Tensor, Tensor, Tensor]  # boxes (resized coordinates), scores, labels of one image
 
 
 def multiclass_nms(
@@ -70,3 +75,31 @@ def to_detections(
     if mask_probs is not None:
         masks = paste_masks(mask_probs, ori_boxes, meta.ori_shape, mask_thr)
     return Detections(boxes=ori_boxes, scores=scores.float(), labels=labels.long(), masks=masks)
+
+
+def label_mask_probs(
+    extractor: RoIExtractor,
+    heads: Sequence[nn.Module],
+    feats: Sequence[Tensor],
+    kept: Sequence[Kept],
+    mask_size: int,
+) -> list[Tensor]:
+    """Per image [n, mask_size, mask_size]: the mean over ``heads`` (Mask R-CNN's one, or the three
+    Cascade stages') of the sigmoid of each kept box's label channel. Selecting the label channel
+    before averaging gives the same numbers with num_classes times less memory."""
+    rois = boxes_to_rois([b for b, _, _ in kept])
+    if rois.shape[0] == 0:
+        return [rois.new_zeros((0, mask_size, mask_size)) for _ in kept]
+    labels = torch.cat([l for _, _, l in kept])
+    mask_feats = extractor(feats, rois)
+    rows = torch.arange(rois.shape[0], device=rois.device)
+    probs = torch.stack([torch.sigmoid(head(mask_feats)[rows, labels].float()) for head in heads]).mean(dim=0)
+    return list(probs.split([b.shape[0] for b, _, _ in kept]))
+
+
+def detections_of_batch(
+    kept: Sequence[Kept], mask_probs: Sequence[Tensor] | None, metas: Sequence[ImageMeta], mask_thr: float
+) -> list[Detections]:
+    """``to_detections`` for every image of the batch (``mask_probs`` None: box-only heads)."""
+    probs = [None] * len(kept) if mask_probs is None else mask_probs
+    return [to_detections(b, s, l, m, meta, mask_thr) for (b, s, l), m, meta in zip(kept, probs, metas)]

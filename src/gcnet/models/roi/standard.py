@@ -15,7 +15,7 @@ from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.config import RoIConfig
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
-from gcnet.models.roi.inference import multiclass_nms, to_detections
+from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.targets import bbox_losses, mask_branch_loss, sample_rois, stage_samplers
 from gcnet.structures import Detections, ImageMeta, Targets
@@ -119,21 +119,7 @@ class StandardRoIHead(nn.Module):
             decoded = decode_all_classes(self.coder, b.float(), d.float(), meta.img_shape)
             cfg = self.cfg
             kept.append(multiclass_nms(decoded, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
-        mask_probs = self._mask_probs(feats, kept) if self.with_mask else [None] * len(kept)
-        return [
-            to_detections(b, s, l, m, meta, self.cfg.mask_thr)
-            for (b, s, l), m, meta in zip(kept, mask_probs, metas)
-        ]
-
-    def _mask_probs(
-        self, feats: Sequence[Tensor], kept: list[tuple[Tensor, Tensor, Tensor]]
-    ) -> list[Tensor]:
-        """Sigmoid of the label channel [n, 28, 28] for each image's kept boxes (resized coordinates)."""
-        rois = boxes_to_rois([b for b, _, _ in kept])
-        labels = torch.cat([l for _, _, l in kept])
-        size = self.cfg.mask_size
-        if rois.shape[0] == 0:
-            return [rois.new_zeros((0, size, size)) for _ in kept]
-        logits = self.mask_head(self.mask_roi_extractor(feats, rois))
-        probs = torch.sigmoid(logits[torch.arange(rois.shape[0], device=rois.device), labels].float())
-        return list(probs.split([b.shape[0] for b, _, _ in kept]))
+        mask_probs = None
+        if self.with_mask:
+            mask_probs = label_mask_probs(self.mask_roi_extractor, [self.mask_head], feats, kept, self.cfg.mask_size)
+        return detections_of_batch(kept, mask_probs, metas, self.cfg.mask_thr)
