@@ -186,10 +186,11 @@ def cli_train(args: argparse.Namespace) -> int:
              "val_ann": args.val_data, "val_images": args.val_images}
     given = {k: str(v) for k, v in paths.items() if v is not None}
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given))
-    evaluate_fn = None
-    if cfg.data.val_ann and cfg.data.val_images:
-        def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
-            return evaluate_model(model, cfg.data.val_ann, cfg.data.val_images, cfg.data)  # type: ignore[arg-type]
+
+    def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
+        return evaluate_model(model, cfg.data.val_ann, cfg.data.val_images, cfg.data)  # type: ignore[arg-type]
+
+    evaluate_fn = evaluate if cfg.data.val_ann and cfg.data.val_images else None
     try:
         final = train(cfg, args.work_dir, resume=args.resume, device=args.device, evaluate_fn=evaluate_fn)
     except (DatasetError, ValueError) as err:
