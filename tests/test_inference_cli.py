@@ -110,10 +110,12 @@ def test_cli_train_then_test_on_the_synthetic_set(tmp_path, capsys) -> None:
     paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(96, 96), seed=1)
     work = tmp_path / "work"
     overrides = ["--set", "train.epochs=1", "--set", "train.warmup_iters=2", "--set", "data.workers_per_gpu=0",
-                 "--set", "data.scale=(96, 96)", "--set", "data.images_per_gpu=2"]
+                 "--set", "data.scale=(96, 96)", "--set", "data.images_per_gpu=2",
+                 "--set", "class_names=('x', 'y')"]  # the data's 5 categories replace these
     assert main(["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
                  "--work-dir", str(work), *overrides]) == 0
     assert (work / "epoch_1.pth").is_file() and (work / "log.jsonl").is_file()
+    assert "training on the 5 categories" in capsys.readouterr().out
     out = tmp_path / "results.json"
     assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data", paths["val_ann"],
                  "--images", paths["val_images"], "--out", str(out), *overrides]) == 0

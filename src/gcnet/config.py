@@ -217,6 +217,12 @@ class Config:
     class_names: tuple[str, ...] = field(default=COCO_CLASSES, repr=False)
 
 
+def with_class_names(cfg: Config, class_names: tuple[str, ...]) -> Config:
+    """``cfg`` for another set of classes: the names and the heads' class count change together."""
+    roi = dataclasses.replace(cfg.model.roi, num_classes=len(class_names))
+    return dataclasses.replace(cfg, class_names=tuple(class_names), model=dataclasses.replace(cfg.model, roi=roi))
+
+
 class ConfigError(ValueError):
     """An override names a field that does not exist or gives a value of the wrong type."""
 

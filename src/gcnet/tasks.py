@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gcnet.config import Config, ConfigError, DataConfig, apply_overrides
+from gcnet.config import Config, ConfigError, DataConfig, apply_overrides, with_class_names
 
 
 class UserError(Exception):
@@ -39,12 +39,18 @@ def default_device(device: str | None = None) -> torch.device:
 
 
 def load_model(cfg: Config, checkpoint: str | None, device: torch.device, fast: bool = False) -> torch.nn.Module:
-    """Build ``cfg``'s detector and load ``checkpoint`` (path, URL or zoo name) strictly; ``fast``
-    returns the inference mode of :func:`gcnet.speed.prepare_for_inference` (same detections up
-    to float rounding)."""
-    from gcnet.checkpoint import CheckpointError, load_checkpoint
+    """Build ``cfg``'s detector and load ``checkpoint`` (path, URL or zoo name) strictly; the
+    checkpoint's own class names (if it records them) replace the config's. ``fast`` returns the
+    inference mode of :func:`gcnet.speed.prepare_for_inference` (same detections up to rounding)."""
+    from gcnet.checkpoint import CheckpointError, checkpoint_class_names, load_checkpoint
     from gcnet.models.detector import build_model
 
+    try:
+        names = checkpoint_class_names(checkpoint) if checkpoint is not None else None
+    except (CheckpointError, FileNotFoundError) as err:
+        raise UserError(str(err)) from None
+    if names and names != cfg.class_names:
+        cfg = with_class_names(cfg, names)
     model = build_model(cfg.model, cfg.class_names)
     if checkpoint is not None:
         try:
@@ -186,6 +192,10 @@ def cli_train(args: argparse.Namespace) -> int:
              "val_ann": args.val_data, "val_images": args.val_images}
     given = {k: str(v) for k, v in paths.items() if v is not None}
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given))
+    try:
+        cfg = with_dataset_classes(cfg)
+    except DatasetError as err:
+        raise UserError(str(err)) from None
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
         return evaluate_model(model, cfg.data.val_ann, cfg.data.val_images, cfg.data)  # type: ignore[arg-type]
@@ -197,6 +207,22 @@ def cli_train(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     print(f"final checkpoint: {final}")
     return 0
+
+
+def with_dataset_classes(cfg: Config) -> Config:
+    """``cfg`` with the class names (and head size) of its training set's categories, sorted by
+    id as the dataset maps them, so that own COCO-format data trains without editing a config."""
+    from gcnet.data import read_coco_json
+
+    if cfg.data.train_ann is None:
+        return cfg
+    categories = sorted(read_coco_json(cfg.data.train_ann)["categories"], key=lambda c: c["id"])
+    names = tuple(str(c["name"]) for c in categories)
+    if names == cfg.class_names:
+        return cfg
+    print(f"training on the {len(names)} categories of {cfg.data.train_ann} instead of the config's "
+          f"{len(cfg.class_names)}")
+    return with_class_names(cfg, names)
 
 
 def cli_bench(args: argparse.Namespace) -> int:

@@ -38,6 +38,14 @@ def _locate(path_or_url: PathLike) -> Path:
     return Path(text)
 
 
+def checkpoint_class_names(path_or_url: PathLike) -> tuple[str, ...] | None:
+    """The class names a checkpoint was trained with (our ``class_names`` or the original's
+    ``CLASSES`` in ``meta``), or None when it does not say."""
+    _, meta = read_checkpoint(_locate(path_or_url))
+    names = meta.get("class_names") or meta.get("CLASSES") if isinstance(meta, dict) else None
+    return tuple(str(n) for n in names) if names else None
+
+
 def load_checkpoint(
     model: nn.Module, path_or_url: PathLike, strict: bool = True, map_location: Any = "cpu"
 ) -> dict:
