@@ -52,10 +52,12 @@ def predict(
 ) -> list[Detections]:
     """Detect objects in ``images`` with the test pipeline of ``data_cfg``.
 
-    Images are batched (up to ``batch_size``) only with images of the same padded size, so the
-    results equal one-at-a-time inference. Returns one :class:`Detections` per image, in order: ``boxes`` float xyxy in original-image pixels,
-    ``scores``, 0-based ``labels`` (names in ``label_names``) and bool ``masks`` of the original
-    image size. ``dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the model under autocast.
+    Returns one :class:`Detections` per image, in order: ``boxes`` float xyxy in original-image
+    pixels, ``scores``, 0-based ``labels`` (names in ``label_names``) and bool ``masks`` of the
+    original image size. Images are batched (up to ``batch_size``) only with images of the same
+    padded size, so the results equal one-at-a-time inference; they are decoded a window at a
+    time, so long lists do not hold every image in memory. ``dtype`` (``torch.bfloat16`` /
+    ``torch.float16``) runs the model under autocast.
     """
     items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
     if batch_size < 1:
@@ -63,16 +65,17 @@ def predict(
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    arrays = [to_rgb_array(item) for item in items]
-    samples = [(*preprocess(array, data_cfg), None) for array in arrays]
-    results: list[Detections | None] = [None] * len(samples)
+    window = 8 * batch_size
+    results: list[Detections | None] = [None] * len(items)
     try:
-        for group in _same_padded_size(samples, data_cfg.size_divisor, batch_size):
-            batch = collate([samples[i] for i in group], size_divisor=data_cfg.size_divisor).to(device)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                detections = model(batch.images, batch.metas)
-            for i, det in zip(group, detections):
-                results[i] = det.to("cpu")
+        for start in range(0, len(items), window):
+            samples = [(*preprocess(to_rgb_array(item), data_cfg), None) for item in items[start : start + window]]
+            for group in _same_padded_size(samples, data_cfg.size_divisor, batch_size):
+                batch = collate([samples[i] for i in group], size_divisor=data_cfg.size_divisor).to(device)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    detections = model(batch.images, batch.metas)
+                for i, det in zip(group, detections):
+                    results[start + i] = det.to("cpu")
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
