@@ -53,6 +53,9 @@ def test_predict_accepts_paths_pil_and_arrays_and_batches_like_singles(demo_mode
         torch.testing.assert_close(one.boxes, many.boxes, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(one.scores, many.scores, rtol=1e-4, atol=1e-5)
         assert torch.equal(one.labels, many.labels)
+    many_windows = predict(demo_model, paths * 4, cfg.data, batch_size=1)  # 12 images: two windows of 8
+    assert [len(d) for d in many_windows] == [len(d) for d in singles] * 4
+    assert torch.equal(many_windows[10].boxes, singles[1].boxes)
     from_pil = predict(demo_model, Image.open(paths[0]), cfg.data)[0]
     from_array = predict(demo_model, np.asarray(Image.open(paths[0])), cfg.data)[0]
     assert torch.equal(from_pil.boxes, singles[0].boxes) and torch.equal(from_array.boxes, singles[0].boxes)
