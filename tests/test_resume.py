@@ -1,8 +1,8 @@
 """Exact resume after SIGKILL: a real (tiny) training run killed mid-epoch, after a checkpoint,
 then resumed, logs the same losses as a run that was never interrupted.
 
-Runs ``gcnet.engine.train`` (the real tiny detector on synthetic shapes, CPU, num_workers 0, one
-thread). The run to kill is a subprocess that SIGKILLs itself from a step callback, so the moment
+Runs ``gcnet.engine.train`` (the real tiny detector on synthetic shapes, CPU, 0 or 2 loader workers,
+one thread). The run to kill is a subprocess that SIGKILLs itself from a step callback, so the moment
 is deterministic: checkpoint at step 5 (epoch 2, iteration 1), killed at the end of step 6. The
 uninterrupted reference and the resumed run happen in this process (one slow start saved).
 """
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
     import gcnet.engine.trainer as trainer_mod
     from gcnet.engine import train
 
-    data_root, work_dir = sys.argv[1:3]
+    data_root, work_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     original_init = trainer_mod.Trainer.__init__
 
     def killer(trainer, record):
@@ -49,14 +49,14 @@ SCRIPT = textwrap.dedent(
         original_init(self, *args, **kwargs)
 
     trainer_mod.Trainer.__init__ = init_with_killer
-    cfg = real_tiny_config(data_root, num_train=8, epochs=2, checkpoint_every_iters=5)
+    cfg = real_tiny_config(data_root, num_train=8, workers=workers, epochs=2, checkpoint_every_iters=5)
     train(cfg, work_dir, device="cpu")
     """
 ).format(tests=str(TESTS))
 
 
-def _run_and_kill(script: Path, data: Path, work: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), str(data), str(work)],
+def _run_and_kill(script: Path, data: Path, work: Path, workers: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), str(data), str(work), str(workers)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -66,17 +66,19 @@ def _records(work: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path, workers: int) -> None:
+    """With loader workers too: random flips depend on (seed, epoch, index), not on the worker."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     data = tmp_path / "data"
 
-    cfg = real_tiny_config(data, num_train=8, epochs=2, checkpoint_every_iters=5)
+    cfg = real_tiny_config(data, num_train=8, workers=workers, epochs=2, checkpoint_every_iters=5)
     train(cfg, tmp_path / "full", device="cpu")
     reference = _records(tmp_path / "full")
     assert [r["global_step"] for r in reference] == list(range(1, 9))
 
-    killed = _run_and_kill(script, data, tmp_path / "cut")
+    killed = _run_and_kill(script, data, tmp_path / "cut", workers)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = _records(tmp_path / "cut")
     assert [r["global_step"] for r in before] == list(range(1, 7))

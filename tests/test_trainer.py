@@ -276,7 +276,7 @@ def test_train_real_tiny_detector(tmp_path: Path) -> None:
     load_checkpoint(fresh, final)  # strict: the model's own key names, no "module."
 
 
-def real_tiny_config(data_root: Path, num_train: int = 4, **train: object) -> Config:
+def real_tiny_config(data_root: Path, num_train: int = 4, workers: int = 0, **train: object) -> Config:
     """A tiny GC ResNet-18 Mask R-CNN on synthetic 64x64 shapes images (shared with test_resume)."""
     from gcnet.config import BackboneConfig, FPNConfig, ModelConfig, RoIConfig, RPNConfig
     from gcnet.data import SHAPE_CLASSES, make_synthetic_coco
@@ -291,7 +291,7 @@ def real_tiny_config(data_root: Path, num_train: int = 4, **train: object) -> Co
                       num_samples=64),
         roi=RoIConfig(num_classes=len(SHAPE_CLASSES), in_channels=16, fc_channels=32, num_samples=32),
     )
-    data = DataConfig(scale=(64, 64), images_per_gpu=2, workers_per_gpu=0,
+    data = DataConfig(scale=(64, 64), images_per_gpu=2, workers_per_gpu=workers,
                       train_ann=paths["train_ann"], train_images=paths["train_images"])
     base = dict(lr=0.02, warmup_iters=2, log_interval=1)
     base.update(train)

@@ -69,7 +69,9 @@ class CocoDetection(Dataset):
 
     Targets are in resized-image coordinates: boxes float32 xyxy, labels int64, masks uint8
     ``[N, h, w]`` (pycocotools raster at the original size, then nearest resize). Train mode flips
-    with probability ``cfg.flip_prob`` using torch's global RNG.
+    with probability ``cfg.flip_prob``: after :meth:`set_epoch` the decision is a function of
+    (seed, epoch, image index) alone, so it does not depend on which loader worker draws the image
+    (exact resume with workers); before it, torch's global RNG decides.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class CocoDetection(Dataset):
         self.cfg = cfg
         self.train = train
         self.with_masks = with_masks
+        self._epoch_seed: int | None = None
         data = read_coco_json(self.ann_file)
         self._read_categories(data)
         images = self._read_images(data)
@@ -190,7 +193,7 @@ class CocoDetection(Dataset):
             )
         resized, (sw, sh) = resize_keep_ratio(image, self.cfg.scale)
         new_h, new_w = int(resized.shape[0]), int(resized.shape[1])
-        flip = self.train and bool(torch.rand(()) < self.cfg.flip_prob)
+        flip = self.train and self._flip(index)
         targets = self._targets(index, (new_h, new_w), (sw, sh), flip) if self.train else None
         if flip:
             resized = hflip_image(resized, channels_last=True)
@@ -203,6 +206,16 @@ class CocoDetection(Dataset):
             file_name=info.file_name,
         )
         return normalize(resized, self.cfg.mean, self.cfg.std), meta, targets
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Make this epoch's random flips a function of (seed, epoch, index)."""
+        self._epoch_seed = seed * 1_000_003 + epoch
+
+    def _flip(self, index: int) -> bool:
+        if self._epoch_seed is None:
+            return bool(torch.rand(()) < self.cfg.flip_prob)
+        generator = torch.Generator().manual_seed((self._epoch_seed * 7_368_787 + index) % 2**63)
+        return bool(torch.rand((), generator=generator) < self.cfg.flip_prob)
 
     def _targets(self, index: int, size: tuple[int, int], scale: tuple[float, float], flip: bool) -> Targets:
         info, anns = self._images[index], self._anns[index]

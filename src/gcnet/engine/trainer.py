@@ -191,6 +191,9 @@ class Trainer:
         set_epoch = getattr(self.batch_sampler, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(st.epoch)
+        dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if dataset_epoch is not None:  # augmentation independent of the worker split (resume)
+            dataset_epoch(st.epoch, self.cfg.train.seed)
         # A private generator: creating the loader must not draw from the global RNG (resume).
         generator = torch.Generator().manual_seed(
             (self.cfg.train.seed * 1_000_003 + st.epoch * 7919 + self.rank) % 2**63
