@@ -24,6 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from gcnet.bench import cpu_model
 from gcnet.config import BackboneConfig, FPNConfig
 from gcnet.models.backbone import ResNet
 from gcnet.models.neck import FPN
@@ -41,16 +42,6 @@ class BackboneFPN(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.neck(self.backbone(x))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_models(

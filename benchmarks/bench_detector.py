@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torchvision
 
-from gcnet.bench import synthetic_input, torchvision_peer
+from gcnet.bench import cpu_model, synthetic_input, torchvision_peer
 from gcnet.config import Config, DataConfig
 from gcnet.models.detector import TwoStageDetector
 from gcnet.speed import cpu_time_s, prepare_for_inference
@@ -170,7 +170,7 @@ def write_section(args, times, cpu_times, counts, profiles, equality: str) -> No
         "",
         f"### Detector run: {args.threads} thread(s), {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "",
-        f"- {platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"- {platform.machine()} {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
         f"thread(s), shared machine (load average {os.getloadavg()[0]:.1f} at the end); Python "
         f"{platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}.",
         f"- `python benchmarks/bench_detector.py --repeats {args.repeats} --threads {args.threads}"
@@ -191,16 +191,6 @@ def write_section(args, times, cpu_times, counts, profiles, equality: str) -> No
     with RESULTS.open("a") as f:
         f.write("\n".join(lines) + "\n")
     print(f"appended to {RESULTS}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ to 800x1199 and pads it to 800x1216.
 from __future__ import annotations
 
 import math
+import platform
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,17 @@ def synthetic_targets(meta: ImageMeta, num_classes: int, num_boxes: int = 4, see
     for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
         masks[k, y1:y2, x1:x2] = 1
     return Targets(boxes=boxes, labels=labels, masks=masks)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of a benchmark report."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def benchmark_training_step(
