@@ -8,8 +8,8 @@ outside the timer), in one process, alternating the two models run by run; media
 
 Usage: python benchmarks/bench_detector.py [--repeats 5] [--threads 1] [--ablation] [--profile] [--write]
 Variants: ours and torchvision through ``gcnet.speed.prepare_for_inference`` (BN folded, NHWC,
-1x1 convs on oneDNN: the same generic tricks for both), torchvision channels-last alone;
-``--ablation`` adds ours with NHWC only and with fold + NHWC. Latency is the process CPU time
+1x1 convs on oneDNN, 3x3 convs on NNPACK's Winograd: the same generic tricks for both), torchvision
+channels-last alone; ``--ablation`` adds ours with NHWC only, fold + NHWC, and the NCHW variant. Latency is the process CPU time
 (``os.times``) with 1 thread (robust on a shared machine), and wall time (use it with threads > 1).
 ``--write`` appends a dated subsection to benchmarks/RESULTS.md.
 """
@@ -84,11 +84,13 @@ def build_runs(ours: torch.nn.Module, peer: torch.nn.Module, images, metas, raw,
         "torchvision channels-last": lambda: peer_cl([raw]),
         "torchvision prepare_for_inference": lambda: peer_fast([raw]),
     }
-    if ablation:  # what each step buys: NHWC alone, then + folded BN (1x1 convs left to PyTorch's choice)
-        ours_cl = prepare_for_inference(ours, fuse_bn=False, onednn_1x1=False)
-        ours_fold_cl = prepare_for_inference(ours, onednn_1x1=False)
+    if ablation:  # what each step buys: NHWC alone, + folded BN (kernels left to PyTorch), NHWC + fast convs
+        ours_cl = prepare_for_inference(ours, fuse_bn=False, channels_last=True, fast_convs=False)
+        ours_fold_cl = prepare_for_inference(ours, channels_last=True, fast_convs=False)
+        ours_fold_fast_nchw = prepare_for_inference(ours, channels_last=False)
         runs["gcnet channels-last"] = lambda: ours_cl(images, metas)
         runs["gcnet fold-bn + channels-last"] = lambda: ours_fold_cl(images, metas)
+        runs["gcnet fold-bn + fast convs, NCHW"] = lambda: ours_fold_fast_nchw(images, metas)
     return runs
 
 

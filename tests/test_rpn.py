@@ -20,7 +20,7 @@ def _reference_proposals(head, feats, i, img_shape, nms_pre, max_per_img, iou_th
     """The original's test procedure written plainly: loops over levels, locations and anchors."""
     cfg = head.cfg
     img_h, img_w = img_shape
-    all_boxes, all_scores, all_levels = [], [], []
+    all_boxes, all_scores = [], []
     for level, (x, stride) in enumerate(zip(feats, cfg.strides)):
         hid = F.relu(F.conv2d(x[i : i + 1], head.rpn_conv.weight, head.rpn_conv.bias, padding=1))
         logits = F.conv2d(hid, head.rpn_cls.weight, head.rpn_cls.bias)[0]

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gcnet import bench, speed
@@ -21,36 +22,88 @@ def _conv1x1_by_hand(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch
     return torch.einsum("oc,nchw->nohw", w[:, :, 0, 0].double(), x.double()) + b.double()[None, :, None, None]
 
 
-def test_onednn_conv_matches_a_hand_1x1_conv_on_nhwc_maps():
+def test_fast_conv_1x1_matches_a_hand_1x1_conv_on_nhwc_maps():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 24, 1)
-    n_changed = speed.use_onednn_convs(conv)  # modules() includes the root module itself
-    assert n_changed == (1 if torch.backends.mkldnn.is_available() else 0)
+    assert speed.use_fast_convs(conv) == 1  # modules() includes the root module itself
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(1, 16, 40, 40).contiguous(memory_format=torch.channels_last)  # 25600 > 20480 elements
     with torch.inference_mode():
+        assert speed.cpu_conv_kernel(conv, x) == ("onednn" if torch.backends.mkldnn.is_available() else "default")
         out = conv(x)
     torch.testing.assert_close(out.double(), _conv1x1_by_hand(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)
     # small inputs, autograd and autocast fall back to nn.Conv2d and give the same numbers
     small = x[:, :, :8, :8]
+    assert speed.cpu_conv_kernel(conv, small) == "default"
     torch.testing.assert_close(conv(small).double(), _conv1x1_by_hand(small, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)
     xg = x.clone().requires_grad_(True)
+    assert speed.cpu_conv_kernel(conv, xg) == "default"
     conv(xg).sum().backward()
     torch.testing.assert_close(xg.grad, conv.weight.sum(0)[None].expand_as(x).contiguous(), atol=1e-5, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert speed.cpu_conv_kernel(conv, x) == "default"
         assert conv(x).dtype == torch.bfloat16
 
 
-def test_use_onednn_convs_changes_only_plain_1x1_stride1_convs():
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("no oneDNN in this build")
+needs_nnpack = pytest.mark.skipif(not speed.nnpack_ready(), reason="this PyTorch build has no NNPACK")
+
+
+@needs_nnpack
+@pytest.mark.parametrize(
+    "shape, kernel",
+    [
+        ((1, 32, 25, 30), "nnpack"),  # one large map: NNPACK's single-image algorithm
+        ((3, 32, 25, 30), "nnpack_per_image"),  # several large maps: the same, image by image
+        ((16, 32, 7, 7), "nnpack"),  # many small maps (mask-head RoIs): its batched algorithm
+        ((4, 32, 7, 7), "default"),  # a few small maps: a direct conv is faster
+    ],
+)
+def test_fast_conv_3x3_picks_nnpack_where_it_pays_and_matches_a_float64_conv(shape, kernel):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 40, 3, padding=1)
+    speed.use_fast_convs(conv)
+    x = torch.randn(shape)
+    for layout in (torch.contiguous_format, torch.channels_last):  # NNPACK takes NCHW; NHWC is converted
+        xl, cl = x.contiguous(memory_format=layout), conv.to(memory_format=layout)
+        with torch.inference_mode():
+            assert speed.cpu_conv_kernel(cl, xl) == kernel
+            out = cl(xl)
+        ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        assert out.shape == ref.shape
+        # Winograd F(6x6, 3x3) trades exactness for ~4x fewer multiplications: float32 rounding only
+        err = (out.double() - ref).abs().max() / ref.abs().max()
+        assert err < 1e-5, err
+
+
+def test_fast_conv_3x3_leaves_strided_grouped_dilated_and_thin_convs_to_pytorch():
+    x = torch.randn(1, 32, 32, 32)
+    cases = [
+        nn.Conv2d(32, 32, 3, padding=1, stride=2),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4),
+        nn.Conv2d(32, 32, 3, padding=2, dilation=2),
+        nn.Conv2d(32, 32, 3, padding=0),
+        nn.Conv2d(32, 16, 3, padding=1),  # fewer than 32 output channels
+        nn.Conv2d(32, 32, 5, padding=2),
+    ]
+    with torch.inference_mode():
+        for conv in cases:
+            assert speed.cpu_conv_kernel(conv, x) == "default", conv
+    assert speed.use_fast_convs(nn.Sequential(*cases)) == 4  # the kernel is chosen per call, by shape
+    with torch.no_grad():
+        conv = nn.Conv2d(32, 32, 3, padding=1)
+        assert speed.cpu_conv_kernel(conv, torch.zeros(0, 32, 32, 32)) == "default"  # e.g. no RoIs
+        assert speed.cpu_conv_kernel(conv.double(), x.double()) == "default"  # fp32 only
+
+
+def test_use_fast_convs_changes_only_plain_1x1_and_3x3_stride1_convs():
     model = nn.Sequential(
-        nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1, stride=2), nn.ConvTranspose2d(4, 4, 1)
+        nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1, stride=2), nn.ConvTranspose2d(4, 4, 1),
+        nn.Conv2d(4, 4, 7, padding=3),
     )
     keys = list(model.state_dict())
-    assert speed.use_onednn_convs(model) == 1
-    assert type(model[0]) is speed.OneDNNConv2d and [type(m) for m in model[1:]] == [
-        nn.Conv2d, nn.Conv2d, nn.ConvTranspose2d
+    assert speed.use_fast_convs(model) == 2
+    assert [type(m) for m in model] == [
+        speed.FastConv2d, speed.FastConv2d, nn.Conv2d, nn.ConvTranspose2d, nn.Conv2d
     ]
     assert list(model.state_dict()) == keys  # checkpoints still load
 
@@ -129,8 +182,12 @@ def _tiny_config() -> Config:
     return tiny_config(scale=(160, 128), score_thr=-1.0)
 
 
-def test_prepare_for_inference_keeps_detections_of_a_tiny_detector():
+def test_prepare_for_inference_keeps_detections_of_a_tiny_detector(monkeypatch):
     from gcnet.models.detector import TwoStageDetector
+
+    winograd_calls = []
+    nnpack_conv = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: winograd_calls.append(1) or nnpack_conv(*a))
 
     cfg = _tiny_config()
     torch.manual_seed(0)
@@ -143,13 +200,15 @@ def test_prepare_for_inference_keeps_detections_of_a_tiny_detector():
             nn.init.normal_(m.channel_add_conv[3].weight, std=0.1)
     images, metas = bench.synthetic_input((128, 160), cfg.data)
     fast = speed.prepare_for_inference(model)
-    assert any(isinstance(m, speed.OneDNNConv2d) for m in fast.modules()) == torch.backends.mkldnn.is_available()
+    assert any(isinstance(m, speed.FastConv2d) for m in fast.modules())
     assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.backbone.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())  # original untouched
     with torch.inference_mode():
         ref, out = model(images, metas)[0], fast(images, metas)[0]
     assert len(ref) == 10  # score_thr -1 keeps the full budget, so the comparison is not vacuous
+    # the 32x40 P2 / layer1 maps are large enough for the Winograd kernel (FPN, RPN and 3x3 backbone convs)
+    assert len(winograd_calls) >= 5 or not speed.nnpack_ready()
     assert torch.equal(ref.labels, out.labels)
     torch.testing.assert_close(out.boxes, ref.boxes, atol=1e-3, rtol=0)
     torch.testing.assert_close(out.scores, ref.scores, atol=1e-4, rtol=0)

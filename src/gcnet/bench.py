@@ -410,7 +410,7 @@ def run_bench(
     """What ``gcnet bench`` runs: inference (and optionally a training step) of one config, plus the peer.
 
     ``fast`` times the inference mode of :func:`gcnet.speed.prepare_for_inference` (folded BN,
-    channels-last, oneDNN 1x1 convs); the peer then gets the same preparation.
+    channels-last, fastest CPU conv kernels); the peer then gets the same preparation.
 
     Weights are random unless ``checkpoint`` is given (speed does not depend on them, except through
     the number of detections that survive the score threshold).

@@ -1,8 +1,9 @@
 """Inference speed: speed-ups of a detector that keep its detections, and the clocks to measure them.
 
 ``prepare_for_inference(model)`` returns a tuned copy: eval-mode norms folded into the convs before
-them (the original's ``--fuse-conv-bn``), channels-last (NHWC) conv weights so oneDNN / cuDNN run
-without layout reorders, and the 1x1 convs routed to oneDNN on CPU (see :class:`OneDNNConv2d`).
+them (the original's ``--fuse-conv-bn``); on GPU channels-last (NHWC) conv weights so cuDNN runs
+without layout reorders; on CPU the 1x1 convs on oneDNN and the 3x3 ones on NNPACK's Winograd kernel
+(see :class:`FastConv2d`), all kernels that PyTorch itself ships.
 ``compile_detector`` adds ``torch.compile`` (inductor) of the whole model or of its static parts.
 All of it is generic: it applies to torchvision's detectors too, which the benchmark uses for a fair
 "same tricks" comparison. Training must use the unmodified model.
@@ -15,25 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import threading
 import time
 from typing import Any, Callable, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "CompileScope",
-    "OneDNNConv2d",
+    "ConvKernel",
+    "FastConv2d",
     "autocast_context",
     "compile_detector",
+    "cpu_conv_kernel",
     "cpu_time_s",
     "fuse_conv_bn",
+    "nnpack_ready",
     "prepare_for_inference",
     "sync",
-    "use_onednn_convs",
+    "use_fast_convs",
 ]
 
 CompileScope = Literal["full", "static"]
@@ -41,50 +45,92 @@ _AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfl
 
 # PyTorch sends small inputs to its native kernel on purpose (faster there); so do we.
 _ONEDNN_MIN_NUMEL = 20480
+# Where NNPACK's Winograd beats oneDNN's direct 3x3 conv (measured, 1 thread, AVX2 AMD EPYC, fp32):
+# one image at a time from ~600 output pixels per map (2.9x on 200x304, 1.7x on 25x38 FPN maps, 1.0x
+# at 13x19), or many small maps at once (100 mask-head RoIs of 14x14: 1.9x); not for a few small maps.
+_NNPACK_MIN_PIXELS = 600
+_NNPACK_MIN_BATCH = 16
+_NNPACK_MIN_CHANNELS = 32
+
+ConvKernel = Literal["onednn", "nnpack", "nnpack_per_image", "default"]
 
 
-class OneDNNConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that runs fp32 CPU inference through oneDNN whatever the thread count.
+@functools.lru_cache(maxsize=1)
+def nnpack_ready() -> bool:
+    """Whether this PyTorch has NNPACK and it initialised (``is_available`` initialises it; a conv
+    called before that fails)."""
+    return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch.backends.nnpack.is_available())
 
-    PyTorch's dispatch heuristic sends 1x1 stride-1 convs of a batch < 16 to its native
-    im2col + GEMM kernel when ``torch.get_num_threads() == 1`` (and to oneDNN with more threads).
-    On channels-last ResNet maps oneDNN is 15-40% faster for them (1 thread, AMD EPYC: 54-67 vs
-    65-85 GFLOP/s). Everything else (grad, autocast, CUDA, other dtypes, compile) takes
-    ``nn.Conv2d.forward``; the parameters and state_dict keys are ``nn.Conv2d``'s.
+
+def cpu_conv_kernel(conv: nn.Conv2d, x: Tensor) -> ConvKernel:
+    """Which of PyTorch's CPU conv kernels runs ``conv(x)`` fastest in fp32 inference.
+
+    - 1x1 stride 1: oneDNN. PyTorch's dispatch sends these to its im2col + GEMM kernel when one
+      thread runs a batch < 16, and oneDNN is 15-40% faster on them (54-67 vs 65-85 GFLOP/s).
+    - 3x3 stride 1, dense, "same" padding, >= 32 channels: NNPACK's Winograd F(6x6, 3x3), about 4x
+      fewer multiplications than a direct conv (relative error ~1e-5 of the output's scale):
+      per image on large maps (its single-image algorithm), as one batch on many small ones.
+    - anything else, autograd, autocast, other dtypes and devices, ``torch.compile``: ``"default"``
+      (``nn.Conv2d``'s own dispatch).
     """
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.numel() > 0
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+        and not torch.compiler.is_compiling()
+    ):
+        return "default"
+    if conv.kernel_size == (1, 1):
+        return "onednn" if x.numel() > _ONEDNN_MIN_NUMEL and torch.backends.mkldnn.is_available() else "default"
+    if (
+        conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.groups == 1
+        and min(conv.in_channels, conv.out_channels) >= _NNPACK_MIN_CHANNELS
+        and nnpack_ready()
+    ):
+        if x.shape[-2] * x.shape[-1] >= _NNPACK_MIN_PIXELS:
+            return "nnpack" if x.shape[0] == 1 else "nnpack_per_image"
+        if x.shape[0] >= _NNPACK_MIN_BATCH:
+            return "nnpack"
+    return "default"
+
+
+class FastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose fp32 CPU inference runs on the fastest kernel PyTorch ships for its shape
+    (see :func:`cpu_conv_kernel`); training, CUDA and everything else take ``nn.Conv2d.forward``.
+    Parameters and state_dict keys are ``nn.Conv2d``'s, so checkpoints load unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and x.dim() == 4
-            and x.numel() > _ONEDNN_MIN_NUMEL
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.compiler.is_compiling()
-        ):
+        kernel = cpu_conv_kernel(self, x)
+        if kernel == "onednn":
             return torch.ops.aten.mkldnn_convolution(
                 x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
             )
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups) \
-            if self.padding_mode == "zeros" else super().forward(x)
+        if kernel == "default":
+            return super().forward(x)
+        weight, pad = self.weight.contiguous(), list(self.padding)
+        if kernel == "nnpack":
+            return torch._nnpack_spatial_convolution(x.contiguous(), weight, self.bias, pad)
+        # NNPACK's batched algorithm is slower than its single-image one on large maps: loop the batch
+        return torch.cat([torch._nnpack_spatial_convolution(xi[None].contiguous(), weight, self.bias, pad) for xi in x])
 
 
-def use_onednn_convs(model: nn.Module) -> int:
-    """Turn every plain 1x1 stride-1 ``nn.Conv2d`` of ``model`` into :class:`OneDNNConv2d`, in place.
-
-    Only those are affected by the single-thread heuristic; the others already run on oneDNN.
-    Returns how many convs were changed (0 when this PyTorch build has no oneDNN).
-    """
-    if not torch.backends.mkldnn.is_available():
-        return 0
+def use_fast_convs(model: nn.Module) -> int:
+    """Turn every plain 1x1 or 3x3 stride-1 ``nn.Conv2d`` of ``model`` into :class:`FastConv2d`, in
+    place (the kernel is chosen per call, from the input's shape). Returns how many were changed."""
     changed = 0
     for m in model.modules():
-        if type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1):
-            m.__class__ = OneDNNConv2d
+        if type(m) is nn.Conv2d and m.kernel_size in ((1, 1), (3, 3)) and m.stride == (1, 1):
+            m.__class__ = FastConv2d
             changed += 1
     return changed
 
@@ -148,20 +194,21 @@ def prepare_for_inference(
     model: nn.Module,
     fuse_bn: bool = True,
     channels_last: bool = True,
-    onednn_1x1: bool = True,
+    fast_convs: bool = True,
 ) -> nn.Module:
-    """A copy of ``model`` tuned for inference: norms folded, NHWC conv weights, 1x1 convs on oneDNN.
+    """A copy of ``model`` tuned for inference: norms folded, conv layout and kernels chosen for the device.
 
-    With channels-last weights PyTorch runs every conv (and the elementwise ops after it) in NHWC,
-    which oneDNN on CPU and cuDNN on tensor cores handle without layout reorders; the RoI heads
-    convert the FPN maps back to NCHW once for RoIAlign. Detections equal the eager model's up to
-    float rounding. The input model is not modified.
+    ``channels_last``: NHWC conv weights, so the convs and the elementwise ops after them run NHWC
+    (cuDNN's tensor-core layout; on CPU oneDNN's fastest); the RoI heads convert the FPN maps back to
+    NCHW once for RoIAlign. ``fast_convs`` routes the 1x1 and 3x3 convs to the fastest CPU kernel
+    (:class:`FastConv2d`; no effect on GPU). Detections equal the eager model's up to float
+    rounding. The input model is not modified.
     """
     out = fuse_conv_bn(model) if fuse_bn else copy.deepcopy(model).eval()
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
-    if onednn_1x1:
-        use_onednn_convs(out)
+    if fast_convs:
+        use_fast_convs(out)
     return out
 
 
