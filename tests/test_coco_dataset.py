@@ -44,7 +44,7 @@ def _dataset(tmp_path):
     data = {
         "images": [
             {"id": 1, "file_name": "a.png", "width": 64, "height": 48},
-            {"id": 2, "file_name": "b.png", "width": 64, "height": 48},  # only crowd -> dropped in train
+            {"id": 2, "file_name": "b.png", "width": 64, "height": 48},  # only crowd -> kept, no targets
             {"id": 3, "file_name": "c.png", "width": 20, "height": 48},  # too small -> dropped in train
             {"id": 4, "file_name": "d.png", "width": 48, "height": 64},  # no annotations
         ],
@@ -76,7 +76,9 @@ def test_labels_filters_and_targets(tmp_path):
     test = CocoDetection(ann, img_dir, CFG, train=False)
     assert train.label_to_cat_id == [3, 7] and train.cat_id_to_label == {3: 0, 7: 1}
     assert train.class_names == ("three", "seven")
-    assert train.image_ids == [1] and test.image_ids == [1, 2, 3, 4]
+    # the original's filter_empty_gt: images with no annotation entry (4) and small ones (3) go;
+    # an image whose only entry is crowd (2) stays and trains on no ground truth
+    assert train.image_ids == [1, 2] and test.image_ids == [1, 2, 3, 4]
     assert test.aspect_ratio_flags == [1, 1, 0, 0]
 
     image, meta, targets = train[0]
@@ -93,6 +95,10 @@ def test_labels_filters_and_targets(tmp_path):
     rows = (np.floor(np.arange(64) * (48 / 64)).astype(int))
     cols = np.minimum(np.floor(np.arange(85) * (1 / (85 / 64))).astype(int), 63)
     assert np.array_equal(targets.masks[1].numpy(), square[rows][:, cols])
+
+    _, _, crowd_only = train[1]
+    assert crowd_only.boxes.shape == (0, 4) and crowd_only.labels.shape == (0,)
+    assert crowd_only.masks.shape == (0, 64, 85)
 
     _, meta_t, none_targets = test[3]
     assert none_targets is None and meta_t.ori_shape == (64, 48) and meta_t.image_id == 4

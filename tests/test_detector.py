@@ -176,6 +176,30 @@ def test_train_losses_and_eval_detections(cascade: bool) -> None:
     torch.testing.assert_close(pair[1].scores, alone[0].scores, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cascade", [False, True])
+def test_images_without_ground_truth_train_as_all_negatives(cascade: bool) -> None:
+    """Crowd-only images stay in the original's training set and bring no targets: every loss stays
+    finite, an all-empty batch has zero regression and mask losses (there are no positives) but still
+    a classification loss, and the gradients reach the heads."""
+    torch.manual_seed(0)
+    cfg = tiny_config(cascade)
+    model = build_model(cfg.model, cfg.class_names).train()
+    images, metas, targets = _inputs()
+    empty = [Targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), t.masks[:0]) for t in targets]
+    mixed = model(images, metas, [empty[0], targets[1]])
+    assert all(torch.isfinite(v) for v in mixed.values())
+    assert mixed["loss_rpn_bbox"].item() > 0  # the second image's positives
+    losses = model(images, metas, empty)
+    assert all(torch.isfinite(v) for v in losses.values())
+    for key, value in losses.items():
+        if "bbox" in key or "mask" in key:
+            assert value.item() == 0.0, key
+        else:
+            assert value.item() > 0.0, key
+    total_loss(losses).backward()
+    assert model.rpn_head.rpn_cls.weight.grad.abs().sum() > 0
+
+
 def test_metas_must_match_batch() -> None:
     cfg = tiny_config()
     model = build_model(cfg.model, cfg.class_names).eval()

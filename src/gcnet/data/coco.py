@@ -1,9 +1,11 @@
 """COCO-format instance dataset with the original's train/test pipelines (spec 6.1, 6.2).
 
 Category ids sorted ascending become contiguous labels 0..C-1 (mmdet ``cat2label``). In train
-mode images with no usable annotation or with min(w, h) < ``cfg.min_size`` are dropped; boxes
-with area <= 0, w < 1, h < 1 or no overlap with the image are skipped; crowd annotations are not
-used for training (the original turns them into ignore boxes, which its assigners never use).
+mode images without any annotation entry or with min(w, h) < ``cfg.min_size`` are dropped (the
+original's ``filter_empty_gt``: an image whose entries are all crowd or degenerate stays, and
+trains with no ground truth: all its anchors and proposals are negatives); boxes with area <= 0,
+w < 1, h < 1 or no overlap with the image are skipped; crowd annotations are not used for training
+(the original turns them into ignore boxes, which its assigners never use).
 """
 
 from __future__ import annotations
@@ -91,13 +93,13 @@ class CocoDetection(Dataset):
         data = read_coco_json(self.ann_file)
         self._read_categories(data)
         images = self._read_images(data)
-        anns = self._read_annotations(data, images)
+        anns, annotated = self._read_annotations(data, images)
         order = list(images)
         if train:
             order = [
                 iid
                 for iid in order
-                if anns[iid] and min(images[iid].width, images[iid].height) >= cfg.min_size
+                if iid in annotated and min(images[iid].width, images[iid].height) >= cfg.min_size
             ]
         self._images = [images[iid] for iid in order]
         self._anns = [anns[iid] for iid in order]
@@ -132,10 +134,14 @@ class CocoDetection(Dataset):
             images[iid] = _Img(iid, str(im["file_name"]), int(im["width"]), int(im["height"]))
         return images
 
-    def _read_annotations(self, data: dict[str, Any], images: dict[int, _Img]) -> dict[int, list[_Ann]]:
-        """The usable (non-crowd, non-degenerate) annotations of each image, checked as read."""
+    def _read_annotations(
+        self, data: dict[str, Any], images: dict[int, _Img]
+    ) -> tuple[dict[int, list[_Ann]], set[int]]:
+        """The usable (non-crowd, non-degenerate) annotations of each image, checked as read, and
+        the ids of the images that have any annotation entry at all."""
         f = str(self.ann_file)
         anns: dict[int, list[_Ann]] = {iid: [] for iid in images}
+        annotated: set[int] = set()
         raw_anns = data.get("annotations")
         if raw_anns is None:
             if self.train:
@@ -151,6 +157,7 @@ class CocoDetection(Dataset):
                 raise DatasetError(f"{where}: unknown image_id {iid}")
             if cid not in self.cat_id_to_label:
                 raise DatasetError(f"{where}: unknown category_id {cid}")
+            annotated.add(iid)
             bbox = a["bbox"]
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 raise DatasetError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
@@ -167,7 +174,7 @@ class CocoDetection(Dataset):
             if self.with_masks and not seg:
                 raise DatasetError(f"{where}: no 'segmentation' (pass with_masks=False for box-only data)")
             anns[iid].append(_Ann((x, y, x + w, y + h), self.cat_id_to_label[cid], seg))
-        return anns
+        return anns, annotated
 
     def __len__(self) -> int:
         return len(self._images)
