@@ -230,3 +230,29 @@ def test_save_and_load_in_original_layout_round_trips(tmp_path) -> None:
         torch.testing.assert_close(x.boxes, y.boxes, rtol=0, atol=0)
         torch.testing.assert_close(x.scores, y.scores, rtol=0, atol=0)
         assert torch.equal(x.masks, y.masks)
+
+
+def test_build_detector_loads_a_checkpoint_and_has_a_fast_mode(tmp_path) -> None:
+    import gcnet
+    from gcnet.speed import FastConv2d
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    trained = build_model(cfg.model, cfg.class_names).eval()
+    path = tmp_path / "tiny.pth"
+    save_checkpoint(path, trained)
+    model = gcnet.build_detector(cfg, checkpoint=str(path))
+    fast = gcnet.build_detector(cfg, checkpoint=str(path), fast=True)
+    assert not model.training and not fast.training
+    assert not any(isinstance(m, FastConv2d) for m in model.modules())
+    assert any(isinstance(m, FastConv2d) for m in fast.modules())
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    images, metas, _ = _inputs()
+    with torch.inference_mode():
+        ref, plain, quick = trained(images, metas), model(images, metas), fast(images, metas)
+    assert sum(len(r) for r in ref) > 0  # not vacuous
+    for r, p, q in zip(ref, plain, quick):
+        assert torch.equal(r.boxes, p.boxes) and torch.equal(r.scores, p.scores)
+        assert torch.equal(r.labels, q.labels)
+        torch.testing.assert_close(q.boxes, r.boxes, atol=1e-3, rtol=0)
