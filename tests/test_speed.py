@@ -1,4 +1,4 @@
-"""gcnet.speed: inference speed-ups keep outputs; the NCHW hand-over to RoIAlign; the CPU clock."""
+"""gcnet.speed: inference speed-ups keep outputs; the NCHW hand-over (to_nchw) to RoIAlign and NNPACK; the CPU clock."""
 
 from __future__ import annotations
 

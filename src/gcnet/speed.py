@@ -25,6 +25,8 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import Tensor, nn
 
+from gcnet.layers.layout import to_nchw
+
 __all__ = [
     "CompileScope",
     "ConvKernel",
@@ -119,9 +121,9 @@ class FastConv2d(nn.Conv2d):
             return super().forward(x)
         weight, pad = self.weight.contiguous(), list(self.padding)
         if kernel == "nnpack":
-            return torch._nnpack_spatial_convolution(x.contiguous(), weight, self.bias, pad)
+            return torch._nnpack_spatial_convolution(to_nchw(x), weight, self.bias, pad)
         # NNPACK's batched algorithm is slower than its single-image one on large maps: loop the batch
-        return torch.cat([torch._nnpack_spatial_convolution(xi[None].contiguous(), weight, self.bias, pad) for xi in x])
+        return torch.cat([torch._nnpack_spatial_convolution(to_nchw(xi[None]), weight, self.bias, pad) for xi in x])
 
 
 def use_fast_convs(model: nn.Module) -> int:
