@@ -30,7 +30,7 @@ def build_detector(
     a checkpoint (path, URL or ``"zoo"`` for the entry's published file), in eval mode.
 
     ``fast`` returns the inference-only mode of :func:`gcnet.speed.prepare_for_inference` (folded BN,
-    channels-last, the fastest CPU conv kernels): same detections up to float rounding, ~0.65x the
+    channels-last, the fastest CPU conv kernels): same detections up to float rounding, ~0.63x the
     eager CPU time; train the plain model."""
     cfg = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
     model = build_model(cfg.model, cfg.class_names)
