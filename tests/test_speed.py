@@ -75,6 +75,29 @@ def test_fast_conv_3x3_picks_nnpack_where_it_pays_and_matches_a_float64_conv(sha
         assert err < 1e-5, err
 
 
+@needs_nnpack
+def test_fast_conv_falls_back_to_pytorch_when_nnpack_fails(monkeypatch):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    speed.use_fast_convs(conv)
+    x = torch.randn(1, 32, 25, 30)
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    with torch.inference_mode():
+        with pytest.warns(UserWarning, match="NNPACK failed on input"):
+            out = conv(x)
+        again = conv(x)  # the conv remembers: no second attempt, no second warning
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1
+
+
 def test_fast_conv_3x3_leaves_strided_grouped_dilated_and_thin_convs_to_pytorch():
     x = torch.randn(1, 32, 32, 32)
     cases = [

@@ -20,6 +20,7 @@ import functools
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Literal, Optional
 
 import torch
@@ -111,6 +112,8 @@ class FastConv2d(nn.Conv2d):
     (see :func:`cpu_conv_kernel`); training, CUDA and everything else take ``nn.Conv2d.forward``.
     Parameters and state_dict keys are ``nn.Conv2d``'s, so checkpoints load unchanged."""
 
+    _nnpack_failed = False  # set on this conv once NNPACK refused it; PyTorch's kernel from then on
+
     def forward(self, x: Tensor) -> Tensor:
         kernel = cpu_conv_kernel(self, x)
         if kernel == "onednn":
@@ -119,8 +122,19 @@ class FastConv2d(nn.Conv2d):
             )
         if kernel == "default":
             return super().forward(x)
+        if not self._nnpack_failed:
+            try:
+                return self._nnpack(x, per_image=kernel == "nnpack_per_image")
+            except RuntimeError as err:  # NNPACK refuses some CPUs / sizes with a generic status error
+                self._nnpack_failed = True
+                warnings.warn(
+                    f"NNPACK failed on input {tuple(x.shape)} ({err}); this conv uses PyTorch's kernel from now on"
+                )
+        return super().forward(x)
+
+    def _nnpack(self, x: Tensor, per_image: bool) -> Tensor:
         weight, pad = self.weight.contiguous(), list(self.padding)
-        if kernel == "nnpack":
+        if not per_image:
             return torch._nnpack_spatial_convolution(to_nchw(x), weight, self.bias, pad)
         # NNPACK's batched algorithm is slower than its single-image one on large maps: loop the batch
         return torch.cat([torch._nnpack_spatial_convolution(to_nchw(xi[None]), weight, self.bias, pad) for xi in x])
