@@ -207,6 +207,15 @@ def test_run_bench_on_a_tiny_real_detector():
     assert "tiny" in bench.format_row(inf)
 
 
+def test_run_bench_fast_mode_times_the_prepared_model_and_peer(monkeypatch):
+    prepared = []
+    real = bench.prepare_for_inference
+    monkeypatch.setattr(bench, "prepare_for_inference", lambda m: prepared.append(type(m).__name__) or real(m))
+    results = bench.run_bench(_tiny_config(), iters=1, warmup=0, image_size=(96, 128), peer=True, fast=True)
+    assert [r.mode for r in results] == ["inference", "inference"] and len(results) == 2
+    assert prepared == ["TwoStageDetector", "MaskRCNN"]  # ours and torchvision's, the same preparation
+
+
 class _Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
