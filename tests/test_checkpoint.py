@@ -178,8 +178,12 @@ def test_bare_state_dict_and_bad_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth.*not a readable"):
+    with pytest.raises(CheckpointError, match="junk.pth: not a PyTorch checkpoint .*neither a zip archive nor a pickle"):
         read_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "bad.pth").write_bytes(b"\x80\x02garbage")  # looks like a pickle, is not one
+    with pytest.raises(CheckpointError, match="bad.pth: not a readable PyTorch checkpoint") as err:
+        read_checkpoint(tmp_path / "bad.pth")
+    assert "weights_only=False" not in str(err.value)  # torch's advice to load unsafely is not passed on
     torch.save({"epoch": 1}, tmp_path / "noweights.pth")
     with pytest.raises(CheckpointError, match="no weights"):
         read_checkpoint(tmp_path / "noweights.pth")

@@ -85,13 +85,19 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip archive / legacy pickle
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle; starts with {head!r})"
+        )
     try:
         with _allow(_numpy_safe_globals() + list(trusted)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         name = _refused_global(str(err))
         if name is None:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
         raise CheckpointError(
             f"{path}: refused to unpickle the Python global {name!r}: gcnet loads checkpoints with "
             "torch.load(weights_only=True) and allows only tensors, plain Python data and numpy "
@@ -99,7 +105,16 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
             "read_checkpoint, or re-save its state_dict with plain types."
         ) from None
     except Exception as err:  # truncated or foreign files fail in many ways inside torch.load
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The gist of a torch.load error: its last non-empty line that is not torch's generic advice
+    (which suggests ``weights_only=False``, the opposite of what a safe loader should do)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    advice = ("Check the documentation", "Please file")
+    useful = [ln for ln in lines if "weights_only" not in ln and not ln.startswith(advice)]
+    return (useful or lines or [type(err).__name__])[-1]
 
 
 def _clean_key(key: str) -> str:
