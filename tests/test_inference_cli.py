@@ -91,6 +91,15 @@ def test_cli_predict_writes_pngs_and_json(demo_model, tmp_path) -> None:
         assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) < 1e-2
 
 
+def test_cli_predict_on_an_undecodable_image_is_a_message(demo_model, tmp_path, capsys) -> None:
+    ckpt = save_checkpoint(tmp_path / "demo.pth", demo_model)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    argv = ["predict", "gcnet-demo", "--checkpoint", str(ckpt), str(tmp_path / "broken.jpg"), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg: cannot decode image" in err and "Traceback" not in err
+
+
 def test_cli_errors_are_messages_not_traces(tmp_path, capsys) -> None:
     assert main(["predict", "no-such-config", "--checkpoint", "x", "a.png", "--out", str(tmp_path)]) == 2
     assert "no-such-config" in capsys.readouterr().err

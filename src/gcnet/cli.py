@@ -79,11 +79,13 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from gcnet import tasks
+    from gcnet.checkpoint import CheckpointError
+    from gcnet.data import DatasetError
 
     try:
         handler = getattr(tasks, f"cli_{args.command}")
         return int(handler(args) or 0)
-    except tasks.UserError as err:
+    except (tasks.UserError, DatasetError, CheckpointError) as err:  # messages that name the file and problem
         print(f"gcnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 
