@@ -15,6 +15,7 @@ from gcnet.cli import main
 from gcnet.demo import demo_config
 from gcnet.inference import predict
 from gcnet.models.detector import build_model
+from gcnet.tasks import UserError, expand_image_paths
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,24 @@ def test_cli_predict_writes_pngs_and_json(demo_model, tmp_path) -> None:
         assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) < 1e-2
 
 
+def test_cli_predict_takes_directories_and_keeps_same_named_images_apart(demo_model, tmp_path) -> None:
+    ckpt = save_checkpoint(tmp_path / "demo.pth", demo_model)
+    paths = _images(tmp_path)[:2]
+    for sub, path in zip(("a", "b"), paths):  # two images both called "same.png"
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "same.png").write_bytes(path.read_bytes())
+    (tmp_path / "a" / "notes.txt").write_text("not an image")  # ignored: not an image suffix
+    out = tmp_path / "out"
+    assert main(["predict", "gcnet-demo", "--checkpoint", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["same_0.png", "same_1.png"]
+    records = json.loads((out / "detections.json").read_text())
+    assert {r["file_name"] for r in records} <= {str(tmp_path / "a" / "same.png"), str(tmp_path / "b" / "same.png")}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: directory has no image files"):
+        expand_image_paths([tmp_path / "empty"])
+
+
 def test_cli_predict_on_an_undecodable_image_is_a_message(demo_model, tmp_path, capsys) -> None:
     ckpt = save_checkpoint(tmp_path / "demo.pth", demo_model)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
@@ -103,7 +122,10 @@ def test_cli_predict_on_an_undecodable_image_is_a_message(demo_model, tmp_path, 
 def test_cli_errors_are_messages_not_traces(tmp_path, capsys) -> None:
     assert main(["predict", "no-such-config", "--checkpoint", "x", "a.png", "--out", str(tmp_path)]) == 2
     assert "no-such-config" in capsys.readouterr().err
-    assert main(["predict", "gcnet-demo", "--checkpoint", str(tmp_path / "missing.pth"), "a.png",
+    assert main(["predict", "gcnet-demo", "--checkpoint", "x", str(tmp_path / "a.png"), "--out", str(tmp_path)]) == 2
+    assert "a.png: no such image file or directory" in capsys.readouterr().err  # checked before the model loads
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["predict", "gcnet-demo", "--checkpoint", str(tmp_path / "missing.pth"), str(tmp_path / "a.png"),
                  "--out", str(tmp_path)]) == 2
     assert "missing.pth" in capsys.readouterr().err
     assert main(["train", "gcnet-demo", "--set", "train.nope=1"]) == 2

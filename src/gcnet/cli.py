@@ -22,7 +22,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detect objects in images, write PNGs and a COCO-style json")
     _add_config(p)
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
     p.add_argument("--checkpoint", required=True, help="path, URL or zoo name")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)

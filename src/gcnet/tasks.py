@@ -107,6 +107,32 @@ def evaluate_model(
     return dict(evaluate_coco(str(ann_file), results, iou_types=iou_types))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def expand_image_paths(paths: Sequence[Path]) -> list[Path]:
+    """Image files to predict on: files as given, directories as their image files (sorted, not
+    recursive). Checked before any work starts, so a typo fails at once with the path named."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: directory has no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such image file or directory")
+    return files
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """One PNG name per image: its stem, made unique when two inputs share one (a/1.jpg, b/1.jpg)."""
+    stems = [p.stem for p in paths]
+    return [f"{s}.png" if stems.count(s) == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
+
+
 def predict_to_dir(
     model: torch.nn.Module,
     images: Sequence[Path],
@@ -114,19 +140,20 @@ def predict_to_dir(
     data_cfg: DataConfig = DataConfig(),
     score_thr: float = 0.3,
 ) -> Path:
-    """Write one PNG per image (masks, boxes, names, scores) and ``detections.json``."""
+    """Write one PNG per image (masks, boxes, names, scores) and ``detections.json``; ``images``
+    may name files and directories (see :func:`expand_image_paths`)."""
     from gcnet.evaluation import encode_masks
     from gcnet.inference import predict, to_rgb_array
     from gcnet.visualise import save_visualisation
 
+    images = expand_image_paths(images)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
+    names_out = _output_names(images)
     for index, path in enumerate(tqdm(images, desc="predict", dynamic_ncols=True)):
-        if not path.is_file():
-            raise UserError(f"{path}: no such image file")
         rgb = to_rgb_array(path)
         det = predict(model, rgb, data_cfg)[0]
-        save_visualisation(rgb, det, out_dir / f"{path.stem}.png", score_thr)
+        save_visualisation(rgb, det, out_dir / names_out[index], score_thr)
         rles = encode_masks(det.masks) if det.masks is not None else [None] * len(det)
         names = det.label_names
         for k in range(len(det)):
@@ -159,9 +186,10 @@ def cli_zoo(args: argparse.Namespace) -> int:
 
 def cli_predict(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
+    images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
     model = load_model(cfg, args.checkpoint, default_device(args.device), args.fast)
-    path = predict_to_dir(model, args.images, args.out, cfg.data, args.score_thr)
-    print(f"wrote {len(args.images)} image(s) and {path}")
+    path = predict_to_dir(model, images, args.out, cfg.data, args.score_thr)
+    print(f"wrote {len(images)} image(s) and {path}")
     return 0
 
 
