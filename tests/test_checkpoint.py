@@ -178,7 +178,7 @@ def test_bare_state_dict_and_bad_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth: not a PyTorch checkpoint .*neither a zip archive nor a pickle"):
+    with pytest.raises(CheckpointError, match="junk.pth: not a PyTorch checkpoint .*neither a zip nor a pickle"):
         read_checkpoint(tmp_path / "junk.pth")
     (tmp_path / "bad.pth").write_bytes(b"\x80\x02garbage")  # looks like a pickle, is not one
     with pytest.raises(CheckpointError, match="bad.pth: not a readable PyTorch checkpoint") as err:
@@ -317,6 +317,20 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert read_checkpoint(path)[1] == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pth"]  # no temp file left
+
+
+def test_tensors_in_extra_are_saved_as_detached_cpu_copies(tmp_path):
+    """Optimizer momentum lives on the training device; the file must open anywhere (plain torch.load)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    buf = torch.ones(3, device=device, requires_grad=True)
+    state = OrderedDict(step=torch.tensor(4.0, device=device), nested=[{"buf": buf}, (buf, 1)])
+    path = save_checkpoint(tmp_path / "c.pth", nn.Linear(2, 2).to(device), optimizer={"state": state})
+    raw = torch.load(path, map_location=None, weights_only=True)
+    saved = raw["optimizer"]["state"]
+    assert type(saved) is OrderedDict and isinstance(saved["nested"][1], tuple) and saved["nested"][1][1] == 1
+    for t in (saved["step"], saved["nested"][0]["buf"], saved["nested"][1][0], raw["state_dict"]["weight"]):
+        assert t.device.type == "cpu" and not t.requires_grad
+    assert torch.equal(saved["nested"][0]["buf"], torch.ones(3))
 
 
 def test_save_refuses_what_weights_only_cannot_read(tmp_path):

@@ -122,3 +122,9 @@ def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         init_distributed("cpu")
+    # under torchrun an explicit GPU index must be the process's own (else all ranks share cuda:0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="LOCAL_RANK=1.*pass --device cuda"):
+        init_distributed("cuda:0")

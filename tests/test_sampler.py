@@ -82,3 +82,25 @@ def test_build_loader_train_and_test():
         assert len(shapes) == 1
     test = list(build_loader(_Tiny(), cfg, train=False))
     assert [b.metas[0].image_id for b in test] == [0, 1, 2, 3, 4]
+
+
+def test_batches_pin_every_tensor_for_asynchronous_copies(monkeypatch):
+    """The DataLoader pins only objects with a ``pin_memory`` method; a Batch must pin its images
+    and every target tensor (pinning itself needs CUDA, so it is recorded here instead)."""
+    from gcnet.structures import Batch, Targets
+
+    pinned = []
+
+    def fake_pin(self, *args, **kwargs):
+        pinned.append(self)
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    meta = ImageMeta((4, 4), (4, 4), (1.0, 1.0))
+    targets = [Targets(torch.ones(1, 4), torch.zeros(1, dtype=torch.long), torch.ones(1, 4, 4, dtype=torch.uint8))]
+    batch = Batch(torch.randn(1, 3, 4, 4), [meta], targets)
+    out = torch.utils.data._utils.pin_memory.pin_memory(batch)  # what the loader's pinning thread calls
+    assert isinstance(out, Batch) and out.metas == [meta]
+    pinned_ids = {id(t) for t in pinned}
+    assert pinned_ids == {id(batch.images), id(targets[0].boxes), id(targets[0].labels), id(targets[0].masks)}
+    assert torch.equal(out.images, batch.images) and torch.equal(out.targets[0].masks, targets[0].masks)

@@ -174,8 +174,8 @@ def benchmark_inference(
         with torch.inference_mode(), autocast_context(device, dtype):
             return runner(images, metas)
 
-    times, outputs, meter = _timed_loop(step, device, warmup, iters)
-    dets = [len(d) for out in outputs for d in out]
+    times, counts, meter = _timed_loop(step, device, warmup, iters, keep=lambda out: [len(d) for d in out])
+    dets = [n for per_image in counts for n in per_image]
     return BenchResult(
         name=name or type(model).__name__,
         mode="inference",
@@ -323,8 +323,8 @@ def benchmark_peer(
         with torch.inference_mode(), autocast_context(device, dtype):
             return runner([image])
 
-    times, outputs, meter = _timed_loop(step, device, warmup, iters)
-    dets = [len(d["boxes"]) for out in outputs for d in out]
+    times, counts, meter = _timed_loop(step, device, warmup, iters, keep=lambda out: [len(d["boxes"]) for d in out])
+    dets = [n for per_image in counts for n in per_image]
     with torch.inference_mode():
         shape = peer.transform([image])[0].tensors.shape[-2:] if hasattr(peer, "transform") else image.shape[-2:]
     return BenchResult(
@@ -423,12 +423,14 @@ def run_bench(
         from gcnet.checkpoint import load_checkpoint
 
         load_checkpoint(model, str(checkpoint))
-    timed = prepare_for_inference(model.to(device).eval()) if fast else model
+    # one model on the device at a time, so each peak memory is that model's alone
+    timed = prepare_for_inference(model.eval()) if fast else model
     results = [
         benchmark_inference(
             timed, image_size, device, dtype, compile, warmup=warmup, iters=iters, data=cfg.data, name=cfg.name
         )
     ]
+    _off_device(timed)
     if train:
         if not isinstance(image_size, tuple):
             raise ValueError("run_bench(train=True) needs image_size as an (h, w) tuple")
@@ -438,11 +440,20 @@ def run_bench(
                 name=cfg.name,
             )
         )
+        _off_device(model)
     if peer:
         if not isinstance(image_size, tuple):
             raise ValueError("run_bench(peer=True) needs image_size as an (h, w) tuple")
         tv = torchvision_peer(num_classes=cfg.model.roi.num_classes, data=cfg.data)
         if fast:
-            tv = prepare_for_inference(tv.to(device).eval())
+            tv = prepare_for_inference(tv.eval())
         results.append(benchmark_peer(tv, image_size, device, dtype, compile, warmup=warmup, iters=iters))
+        _off_device(tv)
     return results
+
+
+def _off_device(model: nn.Module) -> None:
+    """Move a measured model back to host memory and return its GPU blocks to the allocator."""
+    model.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -358,12 +358,20 @@ class _MemoryMeter:
 
 
 def _timed_loop(
-    step: Callable[[int], Any], device: torch.device, warmup: int, iters: int
+    step: Callable[[int], Any],
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    keep: Callable[[Any], Any] = lambda out: out,
 ) -> tuple[list[float], list[Any], _MemoryMeter]:
-    """Run ``step(i)`` warmup + iters times; time only the last ``iters``, synchronised around each."""
+    """Run ``step(i)`` warmup + iters times; time only the last ``iters``, synchronised around each.
+
+    Only ``keep(output)`` of each timed step is kept (after its timer stopped): keeping whole
+    outputs (full-image masks) on the device would inflate the measured peak memory run by run.
+    """
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
-    times, outputs = [], []
+    times, kept = [], []
     for i in range(warmup):
         step(i)
     with _MemoryMeter(device) as meter:
@@ -373,8 +381,9 @@ def _timed_loop(
             out = step(i)
             sync(device)
             times.append((time.perf_counter() - start) * 1000.0)
-            outputs.append(out)
-    return times, outputs, meter
+            kept.append(keep(out))
+            del out
+    return times, kept, meter
 
 
 def cpu_time_s() -> float:

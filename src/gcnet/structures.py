@@ -42,9 +42,16 @@ class Targets:
 
     def to(self, device: torch.device | str) -> "Targets":
         return Targets(
-            self.boxes.to(device),
-            self.labels.to(device),
-            None if self.masks is None else self.masks.to(device),
+            self.boxes.to(device, non_blocking=True),
+            self.labels.to(device, non_blocking=True),
+            None if self.masks is None else self.masks.to(device, non_blocking=True),
+        )
+
+    def pin_memory(self) -> "Targets":
+        return Targets(
+            self.boxes.pin_memory(),
+            self.labels.pin_memory(),
+            None if self.masks is None else self.masks.pin_memory(),
         )
 
 
@@ -92,4 +99,13 @@ class Batch:
             self.images.to(device, non_blocking=True),
             self.metas,
             None if self.targets is None else [t.to(device) for t in self.targets],
+        )
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copy, called by the DataLoader's ``pin_memory=True`` (it only pins objects
+        with this method), so that ``to(cuda, non_blocking=True)`` overlaps the copy with compute."""
+        return Batch(
+            self.images.pin_memory(),
+            self.metas,
+            None if self.targets is None else [t.pin_memory() for t in self.targets],
         )

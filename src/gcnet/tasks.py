@@ -198,7 +198,10 @@ def cli_test(args: argparse.Namespace) -> int:
     from gcnet.engine import init_distributed, teardown_distributed
 
     cfg = resolve_config(args.config, args.overrides)
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as err:  # torchrun variables or --device that cannot work
+        raise UserError(str(err)) from None
     try:
         model = load_model(cfg, args.checkpoint, ctx.device, args.fast)
         evaluate_model(model, args.data, args.images, cfg.data, args.batch_size, args.out)

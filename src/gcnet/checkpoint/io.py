@@ -89,7 +89,7 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
         head = f.read(4)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip archive / legacy pickle
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle; starts with {head!r})"
+            f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle; starts with {head!r})"
         )
     try:
         with _allow(_numpy_safe_globals() + list(trusted)):
@@ -236,7 +236,7 @@ def save_checkpoint(
 
     Weights are detached CPU copies under the unwrapped model's keys; ``meta`` and ``extra`` must
     be plain data, checked before anything is written, so the file reads back with
-    ``weights_only=True``.
+    ``weights_only=True``; tensors inside them are saved as CPU copies too.
     """
     if isinstance(model_or_state_dict, nn.Module):
         source: Mapping[str, Tensor] = unwrap_model(model_or_state_dict).state_dict()
@@ -256,5 +256,17 @@ def save_checkpoint(
         if key in extra:
             raise TypeError(f"save_checkpoint: extra entry {key!r} would overwrite the {key}")
     _check_plain(extra, "extra")
-    payload = {"state_dict": state_dict, "meta": meta_dict, **extra}
+    payload = {"state_dict": state_dict, "meta": _on_cpu(meta_dict), **_on_cpu(extra)}
     return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside (optimizer state: momentum buffers) as a detached CPU copy,
+    so that a checkpoint written on GPUs opens with a plain ``torch.load`` on any machine."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if type(obj) in (dict, OrderedDict):
+        return type(obj)((k, _on_cpu(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj

@@ -74,6 +74,11 @@ def init_distributed(
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        elif world_size > 1 and device.index != local_rank:
+            raise ValueError(
+                f"device {device} given to a torchrun process with LOCAL_RANK={local_rank}: each process "
+                f"needs its own GPU; pass --device cuda (without an index) and torchrun assigns cuda:LOCAL_RANK"
+            )
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -3,7 +3,9 @@
 
 One "iteration" is one optimiser step over ``train.grad_accum`` micro-batches. The lr is a function
 of (epoch, iteration), the sampler order a function of (seed, epoch), and RNG states are saved per
-rank, so a run killed after a checkpoint and resumed continues with the same losses.
+rank, so a run killed after a checkpoint and resumed continues with the same losses: exactly on
+CPU (tested); on GPUs up to the non-determinism of atomic-add kernels (RoIAlign's backward, some
+cuDNN weight gradients), which makes even two uninterrupted GPU runs drift apart slightly.
 """
 
 from __future__ import annotations
@@ -220,8 +222,9 @@ class Trainer:
             now = time.perf_counter()
             record = {"epoch": st.epoch + 1, "iter": st.iter, "global_step": st.global_step,
                       "lr": lr, **values, "time": now - tick, "data_time": data_done - tick}
-            if self.device.type == "cuda":
+            if self.device.type == "cuda":  # peak of this logging window (evaluation excluded)
                 record["memory"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                torch.cuda.reset_peak_memory_stats(self.device)
             tick = now
             if not self._on_iter_end(record):
                 return False
