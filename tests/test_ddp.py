@@ -15,6 +15,7 @@ from torch import nn
 
 from gcnet.config import BackboneConfig, ModelConfig
 from gcnet.engine import convert_sync_batchnorm, find_free_port, get_rank, get_world_size, unwrap, wrap_ddp
+from gcnet.engine.distributed import all_reduce_max
 
 torch.set_num_threads(1)
 
@@ -56,6 +57,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     assert (get_rank(), get_world_size()) == (rank, world)
+    # the logged peak memory is the largest of the ranks' (the original reduces it with MAX)
+    peaks = all_reduce_max(torch.tensor([10.0 * (rank + 1), 5.0 - rank]))
+    torch.save(peaks, Path(out) / f"max_{rank}.pt")
     # bare step: 2 images per rank, SyncBN, DDP-averaged gradients
     model = _net()
     model.train()
@@ -78,6 +82,12 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow  # spawns 2 processes (~5-15 s to start)
+def test_all_reduce_max_gives_every_rank_the_maximum(out_dir: Path) -> None:
+    for rank in (0, 1):
+        assert torch.load(out_dir / f"max_{rank}.pt").tolist() == [20.0, 5.0]
+
+
+@pytest.mark.slow
 def test_ddp_syncbn_step_equals_single_process(out_dir: Path) -> None:
     ref = _net()
     x, y = _data()

@@ -159,3 +159,13 @@ def test_cli_train_then_test_on_the_synthetic_set(tmp_path, capsys) -> None:
     assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data",
                  str(tmp_path / "nope.json"), "--images", paths["val_images"]]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_cli_bench_times_real_images_from_a_directory(tmp_path, capsys) -> None:
+    paths = _images(tmp_path)
+    argv = ["bench", "gcnet-demo", "--iters", "2", "--images", str(paths[0].parent)]
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| gcnet-demo | inference")  # header, rule, one row
+    assert main([*argv, "--peer"]) == 2
+    assert "--peer and --train use the synthetic size" in capsys.readouterr().err

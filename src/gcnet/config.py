@@ -185,7 +185,7 @@ class TrainConfig:
 
     lr: float = 0.02
     base_batch_size: int = 16  # lr is scaled by (real total batch / base_batch_size)
-    scale_lr: bool = True
+    scale_lr: bool = True  # the original's auto_scale_lr, which it leaves off by default
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500

@@ -257,12 +257,19 @@ def with_dataset_classes(cfg: Config) -> Config:
 
 
 def cli_bench(args: argparse.Namespace) -> int:
-    from gcnet.bench import ROW_HEADER, format_row, run_bench
+    from gcnet.bench import DEFAULT_IMAGE_SIZE, ROW_HEADER, format_row, run_bench
 
     cfg = resolve_config(args.config, args.overrides)
+    image_size: Any = DEFAULT_IMAGE_SIZE
+    if args.images is not None:
+        from gcnet.inference import to_rgb_array
+
+        if args.peer or args.train:
+            raise UserError("--images times real images for gcnet alone; --peer and --train use the synthetic size")
+        image_size = [to_rgb_array(p) for p in expand_image_paths([args.images])[: args.iters]]
     results = run_bench(cfg, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                         compile=args.compile, iters=args.iters, peer=args.peer, train=args.train,
-                        fast=args.fast)
+                        fast=args.fast, image_size=image_size)
     print(ROW_HEADER)
     for result in results:  # the peer's rows carry the peer's own name
         print(format_row(result, args.config if result.name == cfg.name else None))

@@ -21,7 +21,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
     per-group batches as images arrive; the batch list is padded by repeating its first batches
     to a multiple of ``num_replicas`` (or truncated with ``drop_last``), and rank ``r`` takes
     batches ``r, r + R, ...``, so all ranks run the same number of iterations and, apart from
-    that padding, see disjoint images. ``drop_last`` also drops each group's final partial batch.
+    that padding, see disjoint images. ``drop_last`` also drops each group's final partial batch
+    (kept otherwise: mmdet 3.x instead mixes the groups' leftovers into full batches).
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gcnet.checkpoint.io import unwrap_model as unwrap  # one unwrapper for DDP, DataParallel, compile
 
 __all__ = [
-    "DistContext", "all_gather_object", "all_reduce_mean", "any_process", "barrier",
+    "DistContext", "all_gather_object", "all_reduce_max", "all_reduce_mean", "any_process", "barrier",
     "find_free_port", "get_rank", "get_world_size", "init_distributed", "teardown_distributed",
     "unwrap", "wrap_ddp",
 ]
@@ -154,6 +154,14 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
     if world > 1:
         dist.all_reduce(out)
         out /= world
+    return out
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over all processes (a detached copy; identity for one)."""
+    out = tensor.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 

@@ -28,7 +28,9 @@ def total_batch_size(cfg: TrainConfig, images_per_gpu: int, world_size: int) -> 
 def scaled_lr(cfg: TrainConfig, images_per_gpu: int, world_size: int) -> float:
     """``cfg.lr`` scaled linearly by total batch / ``base_batch_size`` when ``scale_lr`` is set.
 
-    The original's ``auto_scale_lr`` rule (lr 0.02 is for 8 GPUs x 2 images = 16).
+    The rule of the original's ``auto_scale_lr`` (lr 0.02 is for 8 GPUs x 2 images = 16), which the
+    original leaves off unless asked (``--auto-scale-lr``); gcnet's default turns it on, so fewer GPUs
+    do not train with an lr 8x too large for their batch. ``scale_lr=False`` is the original's default.
     """
     if not cfg.scale_lr:
         return float(cfg.lr)

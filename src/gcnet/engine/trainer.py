@@ -32,6 +32,7 @@ from gcnet.config import Config
 from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
 from gcnet.engine.distributed import (
     all_gather_object,
+    all_reduce_max,
     all_reduce_mean,
     any_process,
     barrier,
@@ -222,9 +223,8 @@ class Trainer:
             now = time.perf_counter()
             record = {"epoch": st.epoch + 1, "iter": st.iter, "global_step": st.global_step,
                       "lr": lr, **values, "time": now - tick, "data_time": data_done - tick}
-            if self.device.type == "cuda":  # peak of this logging window (evaluation excluded)
-                record["memory"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-                torch.cuda.reset_peak_memory_stats(self.device)
+            if self.device.type == "cuda" and self.logger is not None and self.logger.should_log(st.global_step):
+                record["memory"] = self._window_peak_memory_mb()
             tick = now
             if not self._on_iter_end(record):
                 return False
@@ -258,6 +258,13 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return logged
+
+    def _window_peak_memory_mb(self) -> float:
+        """Peak CUDA allocation since the previous log line, MAX over ranks (what the original logs
+        as ``memory`` and its zoo's "Mem (GB)" is read from); every rank calls it at the same steps."""
+        peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**20], device=self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return float(all_reduce_max(peak))
 
     def _reduce_for_log(self, total: Tensor, losses: Mapping[str, Tensor]) -> dict[str, float]:
         keys = sorted(k for k, v in losses.items() if isinstance(v, Tensor) and v.numel() == 1)
