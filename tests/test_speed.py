@@ -201,18 +201,19 @@ def test_bench_reexports_the_moved_names():
         assert getattr(bench, name) is getattr(speed, name)
 
 
-def _tiny_config() -> Config:
-    return tiny_config(scale=(160, 128), score_thr=-1.0)
+def _tiny_config(cascade: bool = False) -> Config:
+    return tiny_config(cascade, scale=(160, 128), score_thr=-1.0)
 
 
-def test_prepare_for_inference_keeps_detections_of_a_tiny_detector(monkeypatch):
+@pytest.mark.parametrize("cascade", [False, True])
+def test_prepare_for_inference_keeps_detections_of_a_tiny_detector(monkeypatch, cascade):
     from gcnet.models.detector import TwoStageDetector
 
     winograd_calls = []
     nnpack_conv = torch._nnpack_spatial_convolution
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: winograd_calls.append(1) or nnpack_conv(*a))
 
-    cfg = _tiny_config()
+    cfg = _tiny_config(cascade)
     torch.manual_seed(0)
     model = TwoStageDetector(cfg.model, cfg.class_names).eval()
     for m in model.modules():  # trained-looking statistics and a GC block that is not the identity
