@@ -280,3 +280,43 @@ def test_autocast_bf16_cpu_with_gc_and_dcn() -> None:
     for a, b in zip(out, ref):
         assert torch.isfinite(a).all()
         assert (a.float() - b).abs().max() < 0.05 * b.abs().max() + 0.05
+
+
+def test_from_scratch_init_is_the_originals() -> None:
+    """pretrained=None: Kaiming-normal fan_out convs (GC and offset convs too), zero biases, norms at
+    1/0, DCN offsets zero, and the last norm of each block zero, so each block starts as relu(identity)."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig(depth=50, base_channels=16, gc_ratio=1 / 4, dcn_stages=(False, False, True, True),
+                         pretrained=None)
+    model = ResNet(cfg).eval()
+    w = model.layer3[1].conv3.weight  # [256, 64, 1, 1]: fan_out = 256
+    assert abs(w.std().item() / (2.0 / 256) ** 0.5 - 1) < 0.05
+    w = model.conv1.weight  # [16, 3, 7, 7]: fan_out = 16 * 49
+    assert abs(w.std().item() / (2.0 / (16 * 49)) ** 0.5 - 1) < 0.1
+    gc = model.layer2[0].context_block
+    last = gc.channel_add_conv[3]
+    assert last.weight.abs().sum() > 0 and torch.count_nonzero(last.bias) == 0  # Kaiming, not the GC zero-init
+    assert torch.count_nonzero(gc.conv_mask.bias) == 0
+    offset = model.layer3[0].conv2.conv_offset
+    assert isinstance(model.layer3[0].conv2, DeformConv2dPack)
+    assert torch.count_nonzero(offset.weight) == 0 and torch.count_nonzero(offset.bias) == 0
+    for block in [*model.layer1, *model.layer2, *model.layer3, *model.layer4]:
+        assert torch.count_nonzero(block.bn3.weight) == 0 and torch.count_nonzero(block.bn3.bias) == 0
+        assert torch.equal(block.bn1.weight, torch.ones_like(block.bn1.weight))
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.layer1[1](x), torch.relu(x))  # a block without downsample: relu(identity)
+
+    basic = ResNet(BackboneConfig(depth=18, pretrained=None))
+    assert torch.count_nonzero(basic.layer2[1].bn2.weight) == 0
+    keep = ResNet(replace(cfg, zero_init_residual=False))
+    assert torch.equal(keep.layer1[0].bn3.weight, torch.ones_like(keep.layer1[0].bn3.weight))
+    plain = ResNet(replace(cfg, scratch_init="pytorch"))  # PyTorch's layer init, GC's own zero init
+    assert torch.count_nonzero(plain.layer2[0].context_block.channel_add_conv[3].weight) == 0
+    assert torch.equal(plain.layer1[0].bn3.weight, torch.ones_like(plain.layer1[0].bn3.weight))
+    with pytest.raises(ValueError, match="scratch_init"):
+        ResNet(replace(cfg, scratch_init="xavier"))
+    # with ImageNet weights to come, the GC and DCN blocks keep their own construction init
+    pre = ResNet(replace(cfg, pretrained="torchvision://resnet50"))
+    assert torch.count_nonzero(pre.layer2[0].context_block.channel_add_conv[3].weight) == 0
+    assert torch.equal(pre.layer1[0].bn3.weight, torch.ones_like(pre.layer1[0].bn3.weight))

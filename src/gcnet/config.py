@@ -52,6 +52,10 @@ class BackboneConfig:
     out_indices: tuple[int, ...] = (0, 1, 2, 3)
     # Where ImageNet weights come from when training starts ("torchvision://resnet50", a path, or None).
     pretrained: Optional[str] = "torchvision://resnet50"
+    # From scratch (pretrained None): "original" = the original's Kaiming fan_out init, with the last
+    # norm of every block at zero when zero_init_residual; "pytorch" = PyTorch's default layer init.
+    scratch_init: Literal["original", "pytorch"] = "original"
+    zero_init_residual: bool = True
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ def demo_config() -> Config:
         backbone=BackboneConfig(
             depth=18, base_channels=width, gc_ratio=1 / 4, norm="bn", norm_eval=False,
             frozen_stages=-1, pretrained=None,
+            # this 8-epoch run from random weights learns faster from PyTorch's default init than from
+            # the original's (Kaiming fan_out + zero-initialised last norms): held-out bbox / segm AP
+            # 0.695 / 0.709 vs 0.512 / 0.564 (0.464 / 0.499 without the zero init), same seed
+            scratch_init="pytorch",
         ),
         neck=FPNConfig(in_channels=feats, out_channels=channels),
         rpn=RPNConfig(

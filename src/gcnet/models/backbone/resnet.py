@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 from torch import Tensor, nn
 
 from gcnet.config import BackboneConfig
-from gcnet.layers import ContextBlock, DeformConv2dPack, build_norm
+from gcnet.layers import ContextBlock, DeformConv2dPack, FrozenBatchNorm2d, build_norm
 
 ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -145,6 +146,8 @@ def _validate(cfg: BackboneConfig) -> None:
             raise ValueError(f"BackboneConfig.{name}: needs 4 flags (c2..c5), got {getattr(cfg, name)}")
     if not -1 <= cfg.frozen_stages <= 4:
         raise ValueError(f"BackboneConfig.frozen_stages: {cfg.frozen_stages} not in -1..4")
+    if cfg.scratch_init not in ("original", "pytorch"):
+        raise ValueError(f"BackboneConfig.scratch_init: {cfg.scratch_init!r} is not 'original' or 'pytorch'")
     if not cfg.out_indices or any(i not in range(4) for i in cfg.out_indices):
         raise ValueError(f"BackboneConfig.out_indices: {cfg.out_indices} must be a non-empty subset of 0..3")
     if list(cfg.out_indices) != sorted(set(cfg.out_indices)):
@@ -187,7 +190,36 @@ class ResNet(nn.Module):
             inplanes = planes * block.expansion
             stage_channels.append(inplanes)
         self.out_channels: list[int] = [stage_channels[i] for i in self.out_indices]
+        if cfg.pretrained is None and cfg.scratch_init == "original":
+            self.init_from_scratch(cfg.zero_init_residual)
         self._freeze_stages()
+
+    @torch.no_grad()
+    def init_from_scratch(self, zero_init_residual: bool = True) -> None:
+        """The original's initialisation of a backbone without ImageNet weights.
+
+        Every ``nn.Conv2d`` (stem, branches, downsample, the GC blocks' convs, DCN offset convs)
+        Kaiming-normal with fan_out and zero bias; norms weight 1, bias 0; DCN offsets back to zero;
+        with ``zero_init_residual`` the last norm of each block (weight and bias) zero, so every
+        residual branch, its GC block included, starts as zero and each block as the identity + ReLU.
+        With ImageNet weights none of this runs (GC and DCN keep their construction init).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, FrozenBatchNorm2d)):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        for module in self.modules():
+            if isinstance(module, DeformConv2dPack):
+                module.conv_offset.weight.zero_()
+                module.conv_offset.bias.zero_()
+            if zero_init_residual and isinstance(module, _ResidualBlock):
+                last = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+                last.weight.zero_()
+                last.bias.zero_()
 
     def _make_layer(
         self,
