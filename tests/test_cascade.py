@@ -200,6 +200,20 @@ def test_gradients_reach_every_parameter() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_no_roi_at_all_still_gives_every_stage_key_and_gradient() -> None:
+    """No proposal and no gt on this process (e.g. one rank under DDP): the stages run on empty RoIs
+    instead of stopping, so the loss keys (all-reduced for the log) and the used parameters (DDP's
+    gradient buckets) are the same as on a process with RoIs; every loss is zero."""
+    head = CascadeRoIHead(tiny_cfg(num_samples=32))
+    empty = Targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, 64, 64, dtype=torch.uint8))
+    losses = head(make_feats(1), [torch.zeros(0, 5)], [META], [empty])
+    assert sorted(losses) == sorted(f"s{t}.loss_{k}" for t in range(3) for k in ("cls", "bbox", "mask"))
+    assert all(v.item() == 0.0 for v in losses.values())
+    sum(losses.values()).backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None, name
+
+
 def test_bf16_autocast_runs() -> None:
     head = CascadeRoIHead(tiny_cfg())
     feats = make_feats(1)

@@ -96,8 +96,8 @@ class CascadeRoIHead(nn.Module):
             for name, value in stage_losses.items():
                 losses[f"s{t}.{name}"] = value * stage.loss_weight
             if t + 1 < self.num_stages:
-                if rois.shape[0] == 0:
-                    break  # the original stops refining when no RoI is left
+                # With no RoI left the original stops here; going on through the empty stages gives
+                # the same (zero) losses, and every rank the same loss keys and used parameters (DDP).
                 with torch.no_grad():
                     current = self._refine_sampled(t, samples, cls_score, deltas, metas)
         return losses
