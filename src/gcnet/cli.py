@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 
+FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)"
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a zoo config name (see `gcnet zoo`) or `gcnet-demo`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,7 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--score-thr", type=float, default=0.3, help="drawing threshold")
     p.add_argument("--fast", action="store_true",
-                   help="inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)")
+                   help=FAST_HELP)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
@@ -39,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--fast", action="store_true",
-                   help="inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)")
+                   help=FAST_HELP)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
     _add_config(p)
@@ -63,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="directory of real images, timed in turn (default: one synthetic 640x427 image)")
     p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
     p.add_argument("--fast", action="store_true",
-                   help="inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)")
+                   help=FAST_HELP)
 
     p = sub.add_parser("export", help="export to torch.export and ONNX")
     _add_config(p)
