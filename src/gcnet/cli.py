@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-
 FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)"
+
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a zoo config name (see `gcnet zoo`) or `gcnet-demo`")

@@ -4,6 +4,7 @@ functions, plus the ``cli_*`` adapters that turn parsed arguments into those cal
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import time
 from collections.abc import Sequence
@@ -130,7 +131,8 @@ def expand_image_paths(paths: Sequence[Path]) -> list[Path]:
 def _output_names(paths: Sequence[Path]) -> list[str]:
     """One PNG name per image: its stem, made unique when two inputs share one (a/1.jpg, b/1.jpg)."""
     stems = [p.stem for p in paths]
-    return [f"{s}.png" if stems.count(s) == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
+    uses = collections.Counter(stems)
+    return [f"{s}.png" if uses[s] == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
 
 
 def predict_to_dir(

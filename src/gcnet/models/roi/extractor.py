@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+
 from gcnet.layers.layout import to_nchw
 
 
