@@ -20,7 +20,9 @@ import pytest
 import torch
 
 pytest.importorskip("gcnet.models.detector")
+import gcnet  # noqa: E402
 from gcnet.engine import train  # noqa: E402
+from gcnet.tasks import evaluate_model  # noqa: E402
 from test_trainer import real_tiny_config  # noqa: E402
 
 torch.set_num_threads(1)
@@ -37,7 +39,7 @@ SCRIPT = textwrap.dedent(
     import gcnet.engine.trainer as trainer_mod
     from gcnet.engine import train
 
-    data_root, work_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data_root, work_dir, workers, dcn = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "dcn"
     original_init = trainer_mod.Trainer.__init__
 
     def killer(trainer, record):
@@ -49,14 +51,15 @@ SCRIPT = textwrap.dedent(
         original_init(self, *args, **kwargs)
 
     trainer_mod.Trainer.__init__ = init_with_killer
-    cfg = real_tiny_config(data_root, num_train=8, workers=workers, epochs=2, checkpoint_every_iters=5)
+    cfg = real_tiny_config(data_root, num_train=8, workers=workers, dcn=dcn, epochs=2,
+                           checkpoint_every_iters=5)
     train(cfg, work_dir, device="cpu")
     """
 ).format(tests=str(TESTS))
 
 
-def _run_and_kill(script: Path, data: Path, work: Path, workers: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), str(data), str(work), str(workers)],
+def _run_and_kill(script: Path, data: Path, work: Path, workers: int, dcn: bool) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), str(data), str(work), str(workers), "dcn" if dcn else "-"],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -66,19 +69,21 @@ def _records(work: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
-def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path, workers: int) -> None:
-    """With loader workers too: random flips depend on (seed, epoch, index), not on the worker."""
+@pytest.mark.parametrize(("workers", "dcn"), [(0, False), (2, False), (0, True)],
+                         ids=["in-process", "2-workers", "dcn"])
+def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path, workers: int, dcn: bool) -> None:
+    """With loader workers too: random flips depend on (seed, epoch, index), not on the worker.
+    The DCN variant (the zoo's dconv rows in small) is then tested from its final checkpoint."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     data = tmp_path / "data"
 
-    cfg = real_tiny_config(data, num_train=8, workers=workers, epochs=2, checkpoint_every_iters=5)
+    cfg = real_tiny_config(data, num_train=8, workers=workers, dcn=dcn, epochs=2, checkpoint_every_iters=5)
     train(cfg, tmp_path / "full", device="cpu")
     reference = _records(tmp_path / "full")
     assert [r["global_step"] for r in reference] == list(range(1, 9))
 
-    killed = _run_and_kill(script, data, tmp_path / "cut", workers)
+    killed = _run_and_kill(script, data, tmp_path / "cut", workers, dcn)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = _records(tmp_path / "cut")
     assert [r["global_step"] for r in before] == list(range(1, 7))
@@ -91,3 +96,8 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path, wo
     assert [r["global_step"] for r in after] == [6, 7, 8]
     assert after == reference[5:]  # exactly the same floats (losses, lr) as the uninterrupted run
     assert (tmp_path / "cut" / "epoch_2.pth").is_file()
+    if dcn:
+        model = gcnet.build_detector(cfg, checkpoint=str(tmp_path / "cut" / "epoch_2.pth"))
+        assert any(k.endswith("conv2.conv_offset.weight") for k in model.state_dict())
+        stats = evaluate_model(model, cfg.data.train_ann, cfg.data.train_images, cfg.data, progress=False)
+        assert set(stats) == {"bbox", "segm"} and all(0.0 <= v[0] <= 1.0 for v in stats.values())

@@ -276,17 +276,21 @@ def test_train_real_tiny_detector(tmp_path: Path) -> None:
     load_checkpoint(fresh, final)  # strict: the model's own key names, no "module."
 
 
-def real_tiny_config(data_root: Path, num_train: int = 4, workers: int = 0, **train: object) -> Config:
-    """A tiny GC ResNet-18 Mask R-CNN on synthetic 64x64 shapes images (shared with test_resume)."""
+def real_tiny_config(data_root: Path, num_train: int = 4, workers: int = 0, dcn: bool = False,
+                     **train: object) -> Config:
+    """A tiny GC ResNet-18 Mask R-CNN on synthetic 64x64 shapes images (shared with test_resume);
+    ``dcn``: a ResNet-50 layout with deformable conv2 in c3-c5, as the zoo's dconv rows."""
     from gcnet.config import BackboneConfig, FPNConfig, ModelConfig, RoIConfig, RPNConfig
     from gcnet.data import SHAPE_CLASSES, make_synthetic_coco
 
     paths = make_synthetic_coco(data_root, num_train=num_train, num_val=0, image_size=(64, 64),
                                 object_size=(12, 30), max_objects=2)
+    expansion = 4 if dcn else 1
     model = ModelConfig(
-        backbone=BackboneConfig(depth=18, base_channels=8, pretrained=None, gc_ratio=0.25,
-                                norm="syncbn", norm_eval=False),
-        neck=FPNConfig(in_channels=(8, 16, 32, 64), out_channels=16),
+        backbone=BackboneConfig(depth=50 if dcn else 18, base_channels=8, pretrained=None, gc_ratio=0.25,
+                                norm="syncbn", norm_eval=False,
+                                dcn_stages=(False, True, True, True) if dcn else (False,) * 4),
+        neck=FPNConfig(in_channels=tuple(expansion * c for c in (8, 16, 32, 64)), out_channels=16),
         rpn=RPNConfig(in_channels=16, feat_channels=16, train_nms_pre=200, train_max_per_img=100,
                       num_samples=64),
         roi=RoIConfig(num_classes=len(SHAPE_CLASSES), in_channels=16, fc_channels=32, num_samples=32),

@@ -3,7 +3,8 @@
 Files are unpickled with ``torch.load(weights_only=True)`` only: tensors and plain data, plus an
 explicit short allow-list (numpy arrays/scalars/dtypes) that old training metadata may carry.
 A published mmdetection file is ``{"state_dict": OrderedDict, "meta": {...}}``; mmcv's loader takes
-``state_dict``, strips ``module.`` and upgrades DCN's legacy ``conv2_offset`` keys; so do we.
+``state_dict`` and strips ``module.``; so do we. DCN's legacy ``conv2_offset`` keys depend on the model
+and are upgraded where it is known (:func:`upgrade_legacy_dcn_keys`).
 Every write goes through :func:`atomic_write`, so a crash midway never leaves half a file.
 """
 
@@ -16,7 +17,7 @@ import re
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
 
@@ -26,7 +27,6 @@ from torch import Tensor, nn
 PathLike = Union[str, os.PathLike]
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)")
-_LEGACY_OFFSET = re.compile(r"^(.*\bconv\d*)_offset\.(weight|bias)$")
 
 
 class CheckpointError(RuntimeError):
@@ -118,10 +118,30 @@ def _first_line(err: BaseException) -> str:
 
 
 def _clean_key(key: str) -> str:
-    """Strip DataParallel's ``module.`` and upgrade DCN v1 keys (mmcv DeformConv2dPack version < 2)."""
-    if key.startswith("module."):
-        key = key[len("module."):]
-    return _LEGACY_OFFSET.sub(r"\1.conv_offset.\2", key)
+    """Strip DataParallel's ``module.`` (mmcv's loader does the same)."""
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+_OFFSET_SUFFIX = "conv_offset."
+
+
+def upgrade_legacy_dcn_keys(state_dict: Mapping[str, Tensor], model_keys: Iterable[str]) -> dict[str, Tensor]:
+    """``state_dict`` with DCN v1 offsets of the old layout renamed to the current one.
+
+    As mmcv's ``DeformConv2dPack`` (state version < 2): for each deformable conv of the model at
+    ``P`` (it owns ``P.conv_offset.weight``), a file key ``P_offset.weight|bias`` becomes
+    ``P.conv_offset.weight|bias``, only where the file lacks the current key. Every other key,
+    current offset keys included, is left as it is; order is kept.
+    """
+    renames: dict[str, str] = {}
+    for key in model_keys:
+        head, sep, param = key.rpartition("." + _OFFSET_SUFFIX)
+        if not sep or param not in ("weight", "bias") or key in state_dict:
+            continue
+        old = f"{head}_offset.{param}"
+        if old in state_dict:
+            renames[old] = key
+    return OrderedDict((renames.get(k, k), v) for k, v in state_dict.items())
 
 
 def _split(obj: Any, path: Path) -> tuple[Mapping[str, Any], dict]:
@@ -145,7 +165,8 @@ def read_checkpoint(
 ) -> tuple[dict[str, Tensor], dict]:
     """``(state_dict, meta)`` of a published mmdetection file, a bare state dict, or our own file.
 
-    Keys come back cleaned (no ``module.``, DCN ``convN_offset`` -> ``convN.conv_offset``).
+    Keys come back without DataParallel's ``module.``; legacy DCN keys are upgraded on load into a
+    model (:func:`upgrade_legacy_dcn_keys`), where it is known which modules are deformable.
     ``trusted_globals`` lets a caller allow extra classes explicitly; nothing else is unpickled.
     """
     path = Path(path)

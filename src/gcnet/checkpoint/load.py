@@ -11,7 +11,13 @@ from typing import Any
 from torch import nn
 
 from gcnet.checkpoint.remote import download, resolve_url
-from gcnet.checkpoint.io import CheckpointError, PathLike, read_checkpoint, unwrap_model
+from gcnet.checkpoint.io import (
+    CheckpointError,
+    PathLike,
+    read_checkpoint,
+    unwrap_model,
+    upgrade_legacy_dcn_keys,
+)
 from gcnet.checkpoint.structure import check_backbone
 
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -59,6 +65,7 @@ def load_checkpoint(
     state_dict, meta = read_checkpoint(path, map_location=map_location)
     target = unwrap_model(model)
     own = target.state_dict()
+    state_dict = upgrade_legacy_dcn_keys(state_dict, own)
     check_backbone(own, state_dict, str(path))
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]

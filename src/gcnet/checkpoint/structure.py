@@ -75,7 +75,8 @@ def backbone_structure(state_dict: Mapping[str, Tensor]) -> Optional[BackboneStr
             widths.append(int(conv2.shape[0]))
             groups = max(groups, int(conv2.shape[0]) // max(int(conv2.shape[1]), 1))
         stage_pre = f"{pre}layer{stage}."
-        dcn.append(any(k.startswith(stage_pre) and ".conv2.conv_offset." in k for k in state_dict))
+        dcn.append(any(k.startswith(stage_pre) and (".conv2.conv_offset." in k or ".conv2_offset." in k)
+                       for k in state_dict))  # the current layout or mmcv's legacy one
         gc_w = state_dict.get(f"{pre}layer{stage}.0.context_block.channel_add_conv.0.weight")
         gc.append(None if gc_w is None else (int(gc_w.shape[0]), int(gc_w.shape[1])))
     return BackboneStructure(tuple(blocks), bottleneck, tuple(widths), groups, tuple(dcn), tuple(gc))
