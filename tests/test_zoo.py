@@ -1,22 +1,30 @@
-"""The zoo: 19 seed rows, names and URLs as in the seed, configs derived from the names."""
+"""The zoo: 19 written-out seed rows, names and URLs as in the seed; the names cross-check the rows."""
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import re
 from pathlib import Path
 
 import pytest
 
 from gcnet.config import COCO_CLASSES, BackboneConfig, Config
+import gcnet.zoo
 from gcnet.zoo import (
+    C3_C5,
+    NO_STAGES,
+    ROWS,
     ZOO,
     UnknownModelError,
+    ZooRow,
     cascade_mask_rcnn_config,
+    entry_from_row,
     get_config,
     get_entry,
     list_models,
     mask_rcnn_config,
+    resnet_backbone,
 )
 
 SEED = Path(__file__).resolve().parents[1] / ".." / "shared" / "seed" / "000_79a3816fa2429603.txt"
@@ -193,3 +201,111 @@ def test_zoo_configs_build_models_with_the_originals_key_count(name, expected):
         assert tuple(sd["backbone.layer3.0.conv2.weight"].shape) == (512, 16, 3, 3)
     if "dconv" in name:
         assert tuple(sd["backbone.layer3.0.conv2.conv_offset.weight"].shape) == (18, 512, 3, 3)
+
+
+# The settings a 2.x name spells out. The zoo no longer reads them (its rows are written out); here
+# the grammar checks that each row says what its names say.
+_LEGACY_NAME = re.compile(
+    r"(?P<cascade>cascade_)?mask_rcnn_(?P<arch>r50|r101|x101_32x4d)_fpn(?P<syncbn>_syncbn-backbone)?"
+    r"(?P<dcn>_dconv_c3-c5)?(?:_r(?P<gc>4|16)_gcb_c3-c5)?_1x_coco"
+)
+_PRETRAINED_BY_ARCH = {
+    "r50": "torchvision://resnet50",
+    "r101": "torchvision://resnet101",
+    "x101_32x4d": "open-mmlab://resnext101_32x4d",
+}
+
+
+def _settings_from_legacy_name(legacy: str) -> dict:
+    """The row fields a 2.x config name implies, read with the grammar above."""
+    spelled = _LEGACY_NAME.fullmatch(legacy)
+    assert spelled is not None, f"{legacy!r} does not fit the 2.x naming grammar"
+    x101 = spelled["arch"] == "x101_32x4d"
+    return dict(
+        arch="cascade-mask-rcnn" if spelled["cascade"] else "mask-rcnn",
+        depth=50 if spelled["arch"] == "r50" else 101,
+        groups=32 if x101 else 1,
+        base_width=4 if x101 else 64,
+        norm="syncbn" if spelled["syncbn"] else "bn",
+        gc_ratio=None if spelled["gc"] is None else 1.0 / int(spelled["gc"]),
+        dcn_stages=C3_C5 if spelled["dcn"] else NO_STAGES,
+        gc_stages=C3_C5,
+        pretrained=_PRETRAINED_BY_ARCH[spelled["arch"]],
+    )
+
+
+def test_rows_are_the_zoo_in_seed_order():
+    assert [row.name for row in ROWS] == list(ZOO) and len(ROWS) == 19
+    for row in ROWS:
+        e = ZOO[row.name]
+        assert (e.legacy_name, e.url) == (row.legacy_name, row.url)
+        assert (e.mem_gb, e.fps, e.box_ap, e.mask_ap) == (row.mem_gb, row.fps, row.box_ap, row.mask_ap)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_every_row_states_what_its_legacy_name_says(row):
+    settings = _settings_from_legacy_name(row.legacy_name)
+    assert {key: getattr(row, key) for key in settings} == settings
+    # the config the name grammar used to build is exactly the config the row builds
+    built = (cascade_mask_rcnn_config if settings["arch"] == "cascade-mask-rcnn" else mask_rcnn_config)(
+        resnet_backbone(
+            settings["depth"],
+            groups=settings["groups"],
+            base_width=settings["base_width"],
+            syncbn=settings["norm"] == "syncbn",
+            gc_ratio=settings["gc_ratio"],
+            dcn=settings["dcn_stages"] == C3_C5,
+        ),
+        name=row.name,
+    )
+    assert ZOO[row.name].config == built
+
+
+def _hypothetical_row(**changes) -> ZooRow:
+    """A 20th model (R-50 GC r16 Cascade Mask R-CNN) whose names fit no grammar on purpose."""
+    row = ZooRow(
+        name="my-r50-gc16-cascade",
+        legacy_name="experiment 20",
+        arch="cascade-mask-rcnn", depth=50, groups=1, base_width=64, norm="bn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=None, fps=None, box_ap=41.0, mask_ap=36.0,
+        url="https://example.org/checkpoints/r50_gc16_cascade_20990101-0123abcd.pth",
+    )
+    return dataclasses.replace(row, **changes)
+
+
+def test_a_twentieth_row_needs_no_name_grammar():
+    row = _hypothetical_row()
+    assert _LEGACY_NAME.fullmatch(row.legacy_name) is None
+    e = entry_from_row(row)
+    assert (e.name, e.legacy_name, e.url, e.sha256_prefix) == (
+        row.name, row.legacy_name, row.url, "0123abcd")
+    assert (e.box_ap, e.mask_ap, e.fps, e.mem_gb) == (41.0, 36.0, None, None)
+    expected = cascade_mask_rcnn_config(resnet_backbone(50, gc_ratio=1 / 16), name=row.name)
+    assert e.config == expected and e.config.name == row.name
+    bb = e.config.model.backbone
+    assert (bb.gc_ratio, bb.gc_stages, bb.norm, bb.norm_eval) == (0.0625, C3_C5, "bn", True)
+    assert e.config.model.roi.cascade and len(e.config.model.roi.stages) == 3
+    # the row's own stages and weights are used, not ones implied by its depth or name
+    other = entry_from_row(_hypothetical_row(gc_stages=(False, False, True, True), dcn_stages=C3_C5,
+                                             pretrained=None, norm="syncbn"))
+    bb = other.config.model.backbone
+    assert (bb.gc_stages, bb.dcn_stages, bb.pretrained) == ((False, False, True, True), C3_C5, None)
+    assert (bb.norm, bb.norm_eval) == ("syncbn", False)
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    (dict(arch="retinanet"), "arch"),
+    (dict(norm="gn"), "norm"),
+    (dict(depth=34), "depth"),
+    (dict(gc_ratio=4.0), "gc_ratio"),
+    (dict(url="https://example.org/no_hash.pth"), "sha256"),
+])
+def test_a_bad_row_is_refused_with_the_field_named(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        entry_from_row(_hypothetical_row(**changes))
+
+
+def test_zoo_docstring_example_runs():
+    failed, attempted = doctest.testmod(gcnet.zoo, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0

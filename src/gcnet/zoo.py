@@ -1,17 +1,19 @@
-"""The 19 published GCNet models, by the original's config names, with the seed's numbers.
+"""The 19 published GCNet models, one written-out row each, with the seed's numbers.
 
-Each entry's :class:`~gcnet.config.Config` is composed from the defaults (the original's Mask R-CNN
-R-50 FPN 1x) with ``dataclasses.replace``, the way each original config only overrides
-``model.backbone`` of its base (mmdet ``configs/gcnet/*.py``). Numbers and URLs are the seed's
-README table (COCO 2017 val; V100; "-" in the seed becomes ``None`` here).
+:data:`ROWS` is the catalogue. Each :class:`ZooRow` states its model as data (architecture,
+backbone depth and width, norm, GC ratio, DCN stages, pretrained weights) next to the seed's
+numbers, both config names and the checkpoint URL, so a new model is one more row and nothing is
+read off a name. :func:`entry_from_row` composes each row's :class:`~gcnet.config.Config` from the
+defaults (the original's Mask R-CNN R-50 FPN 1x) with ``dataclasses.replace``, the way each original
+config only overrides ``model.backbone`` of its base (mmdet ``configs/gcnet/*.py``). Numbers and URLs
+are the seed's README table (COCO 2017 val; V100; a blank cell in the seed is ``None`` here).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Literal, Optional
 
 from gcnet.checkpoint.remote import sha256_prefix_in_name
 from gcnet.config import (
@@ -26,17 +28,26 @@ from gcnet.config import (
 
 __all__ = [
     "ZOO",
+    "ROWS",
     "ZooEntry",
+    "ZooRow",
     "UnknownModelError",
+    "C3_C5",
+    "NO_STAGES",
     "resnet_backbone",
     "mask_rcnn_config",
     "cascade_mask_rcnn_config",
+    "entry_from_row",
     "get_config",
     "get_entry",
     "list_models",
 ]
 
-_CKPT_ROOT = "https://download.openmmlab.com/mmdetection/v2.0/gcnet"
+Stages = tuple[bool, bool, bool, bool]  # one flag per backbone stage, c2..c5
+Arch = Literal["mask-rcnn", "cascade-mask-rcnn"]
+
+C3_C5: Stages = (False, True, True, True)  # the seed's "c3-c5" (GC and DCN alike)
+NO_STAGES: Stages = (False, False, False, False)
 
 _PRETRAINED = {
     (50, 1): "torchvision://resnet50",
@@ -67,6 +78,44 @@ class ZooEntry:
     sha256_prefix: str  # the 8 hex digits closing the file name: first 8 of the file's sha256
 
 
+@dataclass(frozen=True, kw_only=True)
+class ZooRow:
+    """One model of the catalogue, its settings written out so that no name has to be parsed.
+
+    A new model is one more row; its names may be anything, e.g. a (hypothetical) R-50 GC r16
+    Cascade Mask R-CNN:
+
+    >>> row = ZooRow(
+    ...     name="cascade-mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco",
+    ...     legacy_name="cascade_mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco",
+    ...     arch="cascade-mask-rcnn", depth=50, groups=1, base_width=64, norm="bn",
+    ...     gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+    ...     mem_gb=None, fps=None, box_ap=0.0, mask_ap=0.0,
+    ...     url="https://example.org/cascade_mask_rcnn_r50_gc_r16_20990101-0123abcd.pth",
+    ... )
+    >>> entry = entry_from_row(row)
+    >>> entry.config.model.roi.cascade, entry.config.model.backbone.gc_ratio, entry.sha256_prefix
+    (True, 0.0625, '0123abcd')
+    """
+
+    name: str  # the seed's config name (3.x spelling)
+    legacy_name: str  # the 2.x config name = the checkpoint's directory
+    arch: Arch
+    depth: int
+    groups: int  # ResNeXt cardinality; 1 = ResNet
+    base_width: int  # width per group; 64 = ResNet
+    norm: Literal["bn", "syncbn"]  # "syncbn" = the 2.x "syncbn-backbone" (and norm_eval off)
+    gc_ratio: Optional[float]  # ContextBlock bottleneck ratio after conv3; None = no GC
+    dcn_stages: Stages  # stages whose conv2 is deformable (v1)
+    pretrained: Optional[str]  # ImageNet weights the training started from
+    mem_gb: Optional[float]  # the seed's "Mem (GB)"
+    fps: Optional[float]  # the seed's "Inf time (fps)"
+    box_ap: float
+    mask_ap: float
+    url: str  # checkpoint URL exactly as in the seed; its name ends in the sha256 prefix
+    gc_stages: Stages = C3_C5  # stages with GC blocks (every seed model: c3-c5)
+
+
 def resnet_backbone(
     depth: int = 50,
     *,
@@ -93,8 +142,8 @@ def resnet_backbone(
         norm="syncbn" if syncbn else "bn",
         norm_eval=not syncbn,
         gc_ratio=gc_ratio,
-        gc_stages=(False, True, True, True),
-        dcn_stages=(False, True, True, True) if dcn else (False, False, False, False),
+        gc_stages=C3_C5,
+        dcn_stages=C3_C5 if dcn else NO_STAGES,
         pretrained=_PRETRAINED.get((depth, groups)),
     )
 
@@ -145,101 +194,200 @@ def cascade_mask_rcnn_config(
     return replace(base, model=model)
 
 
-# (3.x config name, 2.x config name = checkpoint directory, time stamp-sha, mem GB, fps, box AP, mask AP)
-_ROWS: tuple[tuple[str, str, str, Optional[float], Optional[float], float, float], ...] = (
-    ("mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco", "mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco",
-     "20200515_211915-187da160", 5.0, None, 39.7, 35.9),
-    ("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco", "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco",
-     "20200204-17235656", 5.1, 15.0, 39.9, 36.0),
-    ("mask-rcnn_r101-gcb-r16-c3-c5_fpn_1x_coco", "mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco",
-     "20200205-e58ae947", 7.6, 11.4, 41.3, 37.2),
-    ("mask-rcnn_r101-gcb-r4-c3-c5_fpn_1x_coco", "mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco",
-     "20200206-af22dc9d", 7.8, 11.6, 42.2, 37.8),
-    ("mask-rcnn_r50-syncbn_fpn_1x_coco", "mask_rcnn_r50_fpn_syncbn-backbone_1x_coco",
-     "20200202-bb3eb55c", 4.4, 16.6, 38.4, 34.6),
-    ("mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
-     "mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
-     "20200202-587b99aa", 5.0, 15.5, 40.4, 36.2),
-    ("mask-rcnn_r50-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
-     "mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
-     "20200202-50b90e5c", 5.1, 15.1, 40.7, 36.5),
-    ("mask-rcnn_r101-syncbn_fpn_1x_coco", "mask_rcnn_r101_fpn_syncbn-backbone_1x_coco",
-     "20200210-81658c8a", 6.4, 13.3, 40.5, 36.3),
-    ("mask-rcnn_r101-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
-     "mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
-     "20200207-945e77ca", 7.6, 12.0, 42.2, 37.8),
-    ("mask-rcnn_r101-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
-     "mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
-     "20200206-8407a3f0", 7.8, 11.8, 42.2, 37.8),
-    ("mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco", "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
-     "20200211-7584841c", 7.6, 11.3, 42.4, 37.7),
-    ("mask-rcnn_x101-32x4d-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
-     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
-     "20200211-cbed3d2c", 8.8, 9.8, 43.5, 38.6),
-    ("mask-rcnn_x101-32x4d-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
-     "mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
-     "20200212-68164964", 9.0, 9.7, 43.9, 39.0),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
-     "20200310-d5ad2a5e", 9.2, 8.4, 44.7, 38.6),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
-     "20200211-10bf2463", 10.3, 7.7, 46.2, 39.7),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-r4-gcb-c3-c5_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
-     "20200703_180653-ed035291", 10.6, None, 46.4, 40.1),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco",
-     "20210615_211019-abbc39ea", None, None, 47.5, 40.9),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r16-gcb-c3-c5_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco",
-     "20210615_215648-44aa598a", None, None, 48.0, 41.3),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r4-gcb-c3-c5_fpn_1x_coco",
-     "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco",
-     "20210615_161851-720338ec", None, None, 47.9, 41.1),
-)
-
-# The settings a 2.x name spells out; the 3.x names say the same less regularly (r16-gcb / gcb-r16).
-_LEGACY_NAME = re.compile(
-    r"(?P<cascade>cascade_)?mask_rcnn_(?P<arch>r50|r101|x101_32x4d)_fpn(?P<syncbn>_syncbn-backbone)?"
-    r"(?P<dcn>_dconv_c3-c5)?(?:_r(?P<gc>4|16)_gcb_c3-c5)?_1x_coco"
-)
+_BUILDERS = {"mask-rcnn": mask_rcnn_config, "cascade-mask-rcnn": cascade_mask_rcnn_config}
 
 
-def _entry(row: tuple[str, str, str, Optional[float], Optional[float], float, float]) -> ZooEntry:
-    """A zoo entry from a table row; the model settings are read off the 2.x name."""
-    name, legacy, stamp, mem, fps, box, mask = row
-    spelled = _LEGACY_NAME.fullmatch(legacy)
-    if spelled is None:
-        raise ValueError(f"zoo: cannot read the model settings from the 2.x config name {legacy!r}")
-    x101 = spelled["arch"] == "x101_32x4d"
-    backbone = resnet_backbone(
-        50 if spelled["arch"] == "r50" else 101,
-        groups=32 if x101 else 1,
-        base_width=4 if x101 else 64,
-        syncbn=spelled["syncbn"] is not None,
-        gc_ratio=None if spelled["gc"] is None else 1.0 / int(spelled["gc"]),
-        dcn=spelled["dcn"] is not None,
+def entry_from_row(row: ZooRow) -> ZooEntry:
+    """The zoo entry of a written-out row; the names are carried, never parsed, so any row fits."""
+    if row.arch not in _BUILDERS:
+        raise ValueError(f"zoo: {row.name}: arch must be one of {sorted(_BUILDERS)}, got {row.arch!r}")
+    if row.norm not in ("bn", "syncbn"):
+        raise ValueError(f"zoo: {row.name}: norm must be 'bn' or 'syncbn', got {row.norm!r}")
+    backbone = replace(
+        resnet_backbone(
+            row.depth,
+            groups=row.groups,
+            base_width=row.base_width,
+            syncbn=row.norm == "syncbn",
+            gc_ratio=row.gc_ratio,
+        ),
+        gc_stages=row.gc_stages,
+        dcn_stages=row.dcn_stages,
+        pretrained=row.pretrained,
     )
-    build = cascade_mask_rcnn_config if spelled["cascade"] else mask_rcnn_config
-    url = f"{_CKPT_ROOT}/{legacy}/{legacy}_{stamp}.pth"
-    sha256_prefix = sha256_prefix_in_name(url)
+    sha256_prefix = sha256_prefix_in_name(row.url)
     if sha256_prefix is None:
-        raise ValueError(f"zoo: the checkpoint name {url} carries no sha256 prefix")
+        raise ValueError(f"zoo: {row.name}: the checkpoint name {row.url} carries no sha256 prefix")
     return ZooEntry(
-        name=name,
-        legacy_name=legacy,
-        config=build(backbone, name=name),
-        box_ap=box,
-        mask_ap=mask,
-        fps=fps,
-        mem_gb=mem,
-        url=url,
+        name=row.name,
+        legacy_name=row.legacy_name,
+        config=_BUILDERS[row.arch](backbone, name=row.name),
+        box_ap=row.box_ap,
+        mask_ap=row.mask_ap,
+        fps=row.fps,
+        mem_gb=row.mem_gb,
+        url=row.url,
         sha256_prefix=sha256_prefix,
     )
 
 
-ZOO: dict[str, ZooEntry] = {row[0]: _entry(row) for row in _ROWS}
+# The seed's two tables, in its order: Table 1 (BN backbones), then Table 2 (SyncBN backbones).
+ROWS: tuple[ZooRow, ...] = (
+    ZooRow(
+        name="mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=50,  groups=1,  base_width=64, norm="bn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=5.0,  fps=None, box_ap=39.7, mask_ap=35.9,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco_20200515_211915-187da160.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=50,  groups=1,  base_width=64, norm="bn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=5.1,  fps=15.0, box_ap=39.9, mask_ap=36.0,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco/mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco_20200204-17235656.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r101-gcb-r16-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=1,  base_width=64, norm="bn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet101",
+        mem_gb=7.6,  fps=11.4, box_ap=41.3, mask_ap=37.2,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco/mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco_20200205-e58ae947.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r101-gcb-r4-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=1,  base_width=64, norm="bn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="torchvision://resnet101",
+        mem_gb=7.8,  fps=11.6, box_ap=42.2, mask_ap=37.8,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco/mask_rcnn_r101_fpn_r4_gcb_c3-c5_1x_coco_20200206-af22dc9d.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r50-syncbn_fpn_1x_coco",
+        legacy_name="mask_rcnn_r50_fpn_syncbn-backbone_1x_coco",
+        arch="mask-rcnn",         depth=50,  groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=None,   dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=4.4,  fps=16.6, box_ap=38.4, mask_ap=34.6,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_syncbn-backbone_1x_coco/mask_rcnn_r50_fpn_syncbn-backbone_1x_coco_20200202-bb3eb55c.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=50,  groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=5.0,  fps=15.5, box_ap=40.4, mask_ap=36.2,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco/mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco_20200202-587b99aa.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r50-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=50,  groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
+        mem_gb=5.1,  fps=15.1, box_ap=40.7, mask_ap=36.5,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco/mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco_20200202-50b90e5c.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r101-syncbn_fpn_1x_coco",
+        legacy_name="mask_rcnn_r101_fpn_syncbn-backbone_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=None,   dcn_stages=NO_STAGES, pretrained="torchvision://resnet101",
+        mem_gb=6.4,  fps=13.3, box_ap=40.5, mask_ap=36.3,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r101_fpn_syncbn-backbone_1x_coco/mask_rcnn_r101_fpn_syncbn-backbone_1x_coco_20200210-81658c8a.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r101-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet101",
+        mem_gb=7.6,  fps=12.0, box_ap=42.2, mask_ap=37.8,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco/mask_rcnn_r101_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco_20200207-945e77ca.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_r101-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=1,  base_width=64, norm="syncbn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="torchvision://resnet101",
+        mem_gb=7.8,  fps=11.8, box_ap=42.2, mask_ap=37.8,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco/mask_rcnn_r101_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco_20200206-8407a3f0.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco",
+        legacy_name="mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=None,   dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=7.6,  fps=11.3, box_ap=42.4, mask_ap=37.7,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco_20200211-7584841c.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_x101-32x4d-syncbn-gcb-r16-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=8.8,  fps=9.8,  box_ap=43.5, mask_ap=38.6,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco_20200211-cbed3d2c.pth",
+    ),
+    ZooRow(
+        name="mask-rcnn_x101-32x4d-syncbn-gcb-r4-c3-c5_fpn_1x_coco",
+        legacy_name="mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+        arch="mask-rcnn",         depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=9.0,  fps=9.7,  box_ap=43.9, mask_ap=39.0,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco/mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco_20200212-68164964.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=None,   dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=9.2,  fps=8.4,  box_ap=44.7, mask_ap=38.6,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco_20200310-d5ad2a5e.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=10.3, fps=7.7,  box_ap=46.2, mask_ap=39.7,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco_20200211-10bf2463.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn-r4-gcb-c3-c5_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 4,  dcn_stages=NO_STAGES, pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=10.6, fps=None, box_ap=46.4, mask_ap=40.1,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco_20200703_180653-ed035291.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=None,   dcn_stages=C3_C5,     pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=None, fps=None, box_ap=47.5, mask_ap=40.9,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_1x_coco_20210615_211019-abbc39ea.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r16-gcb-c3-c5_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 16, dcn_stages=C3_C5,     pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=None, fps=None, box_ap=48.0, mask_ap=41.3,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r16_gcb_c3-c5_1x_coco_20210615_215648-44aa598a.pth",
+    ),
+    ZooRow(
+        name="cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r4-gcb-c3-c5_fpn_1x_coco",
+        legacy_name="cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco",
+        arch="cascade-mask-rcnn", depth=101, groups=32, base_width=4,  norm="syncbn",
+        gc_ratio=1 / 4,  dcn_stages=C3_C5,     pretrained="open-mmlab://resnext101_32x4d",
+        mem_gb=None, fps=None, box_ap=47.9, mask_ap=41.1,
+        url="https://download.openmmlab.com/mmdetection/v2.0/gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_dconv_c3-c5_r4_gcb_c3-c5_1x_coco_20210615_161851-720338ec.pth",
+    ),
+)
+
+ZOO: dict[str, ZooEntry] = {row.name: entry_from_row(row) for row in ROWS}
 _BY_LEGACY: dict[str, str] = {e.legacy_name: e.name for e in ZOO.values()}
 
 
