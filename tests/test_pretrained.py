@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +9,10 @@ import pytest
 import torch
 import torchvision
 
+from gcnet.checkpoint import CheckpointError, resolve_url
 from gcnet.config import BackboneConfig
 from gcnet.models.backbone import ResNet, load_imagenet_weights
-from gcnet.models.backbone.pretrained import PretrainedLoadError, resolve_url
+from gcnet.models.backbone.pretrained import PretrainedLoadError
 
 ALL_STAGES = (False, True, True, True)
 
@@ -97,8 +96,18 @@ def test_file_path(tmp_path: Path, r50_state: dict) -> None:
     model = ResNet(BackboneConfig())
     load_imagenet_weights(model, path)
     _assert_loaded(model, r50_state)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(CheckpointError, match="absent.pth: checkpoint file not found"):
         load_imagenet_weights(model, tmp_path / "absent.pth")
+    torch.save([torch.ones(1)], tmp_path / "list.pth")
+    with pytest.raises(PretrainedLoadError, match="holds a list, not a dict"):
+        load_imagenet_weights(model, tmp_path / "list.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_imagenet_weights(model, tmp_path / "text.pth")
+
+
+def test_errors_are_checkpoint_errors() -> None:
+    assert issubclass(PretrainedLoadError, CheckpointError)
 
 
 def test_url_names() -> None:
@@ -106,39 +115,28 @@ def test_url_names() -> None:
     assert resolve_url("torchvision://resnet101").endswith("/resnet101-63fe2227.pth")
     assert resolve_url("open-mmlab://resnext101_32x4d").endswith("/resnext101_32x4d-a5af3160.pth")
     for bad in ("torchvision://resnet7", "open-mmlab://nothing", "s3://bucket/x.pth"):
-        with pytest.raises(ValueError):
-            resolve_url(bad)
+        with pytest.raises(CheckpointError, match="unknown checkpoint name"):
+            load_imagenet_weights(ResNet(BackboneConfig()), bad)
 
 
-def test_torchvision_scheme_uses_cache_then_downloader(
+def test_torchvision_scheme_reuses_torch_hub_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r50_state: dict
 ) -> None:
+    """torchvision's file already in torch hub's cache is read from there: no download."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    # No cached file and no downloader: a clear error naming where the file should go.
-    monkeypatch.setitem(sys.modules, "gcnet.checkpoint", types.ModuleType("gcnet.checkpoint"))
-    expected = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
-    with pytest.raises(FileNotFoundError, match=str(expected)):
-        load_imagenet_weights(ResNet(BackboneConfig()), "torchvision://resnet50")
+    monkeypatch.setenv("GCNET_HOME", str(tmp_path / "home"))
 
-    # A downloader (gcnet.checkpoint.download's contract) is called with the URL and the cache dir.
-    calls = []
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached file should have been used")
 
-    def fake_download(url: str, cache_dir: str | None = None) -> str:
-        calls.append((url, cache_dir))
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        torch.save(r50_state, Path(cache_dir) / url.rsplit("/", 1)[-1])
-        return str(Path(cache_dir) / url.rsplit("/", 1)[-1])
-
-    stub = types.ModuleType("gcnet.checkpoint")
-    stub.download = fake_download
-    monkeypatch.setitem(sys.modules, "gcnet.checkpoint", stub)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(r50_state, cached)
     model = ResNet(BackboneConfig())
-    load_imagenet_weights(model, "torchvision://resnet50")
+    assert load_imagenet_weights(model, "torchvision://resnet50") == []
     _assert_loaded(model, r50_state)
-    assert calls == [(resolve_url("torchvision://resnet50"), str(expected.parent))]
-    # Now cached: no second download.
-    load_imagenet_weights(ResNet(BackboneConfig()), "torchvision://resnet50")
-    assert len(calls) == 1
+    assert not (tmp_path / "home").exists()
 
 
 def test_bad_layout(r50_state: dict) -> None:

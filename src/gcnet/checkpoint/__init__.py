@@ -2,7 +2,8 @@
 
 - :mod:`.io`: safe ``weights_only`` reading, atomic saving, model unwrapping;
 - :mod:`.structure`: the backbone a state dict holds, to name a mismatched checkpoint plainly;
-- :mod:`.remote`: URLs of named weights, downloading into the local cache, sha256 checks;
+- :mod:`.remote`: the one fetch-and-verify path for every remote file (checkpoints and ImageNet
+  backbones): URLs of named weights, the local cache, sha256 checks;
 - :mod:`.load`: :func:`load_checkpoint` with strict key/shape checks.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from gcnet.checkpoint.remote import download, resolve_url
+from gcnet.checkpoint.remote import download
 from gcnet.checkpoint.io import (
     CheckpointError,
     PathLike,
@@ -30,17 +30,12 @@ def _listing(title: str, items: list[str], limit: int = 40) -> str:
     return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
 
 
-def _is_zoo_name(text: str) -> bool:
-    from gcnet.zoo import ZOO  # local import: the zoo is optional for plain file loads
-
-    return text in ZOO
-
-
 def _locate(path_or_url: PathLike) -> Path:
-    """A local file: URLs, ``scheme://name`` aliases and zoo names are downloaded (or cached)."""
+    """A local file: URLs and ``scheme://name`` aliases are downloaded (or cached). Zoo config
+    names are not resolved here (core knows no zoo): the builder passes their URL."""
     text = os.fspath(path_or_url)
-    if isinstance(text, str) and (_URL_SCHEME.match(text) or _is_zoo_name(text)):
-        return download(resolve_url(text))
+    if isinstance(text, str) and _URL_SCHEME.match(text):
+        return download(text)
     return Path(text)
 
 
@@ -55,8 +50,8 @@ def checkpoint_class_names(path_or_url: PathLike) -> tuple[str, ...] | None:
 def load_checkpoint(
     model: nn.Module, path_or_url: PathLike, strict: bool = True, map_location: Any = "cpu"
 ) -> dict:
-    """Load weights into ``model`` from a path, an http(s) URL, a ``torchvision://``-style name or
-    a zoo config name; returns the checkpoint's ``meta``.
+    """Load weights into ``model`` from a path, an http(s) URL or a ``torchvision://``-style name;
+    returns the checkpoint's ``meta``.
 
     Strict by default: any missing or unexpected key raises :class:`CheckpointError` listing them
     (missing ``num_batches_tracked`` counters are tolerated). Shape mismatches always raise.

@@ -1,19 +1,29 @@
-"""Checkpoint URLs, the local download cache, and sha256 checks against the published file names."""
+"""The one fetch-and-verify path for every remote file: detector checkpoints and ImageNet backbones.
+
+Named weights (``torchvision://<model>``, ``open-mmlab://<name>``) become URLs here; the file is
+fetched once by ``torch.hub.download_url_to_file`` (a temp file beside the destination, moved into
+place only when complete and, for ``<stem>-<sha256 prefix>.pth`` names, only when the hash matches)
+and reused from the cache, offline, afterwards. Zoo config names are not known here (checkpoint
+I/O is core): the application layer's builder turns them into their URL first.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import urllib.error
-import urllib.request
+from http.client import HTTPException
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
+from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 
-from gcnet.checkpoint.io import CheckpointError, PathLike, atomic_write
+import torch
+import torchvision
 
-# ImageNet initialisations named the way the original's configs name them (mmcv/mmengine hub).
+from gcnet.checkpoint.io import CheckpointError, PathLike
+
+# ImageNet initialisations named the way the original's configs name them (mmcv/mmengine hub);
+# other torchvision://<model> names come from torchvision's own weights tables.
 PRETRAINED_URLS: dict[str, str] = {
     "torchvision://resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
     "torchvision://resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
@@ -21,6 +31,8 @@ PRETRAINED_URLS: dict[str, str] = {
         "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth",
 }
 _SHA_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
+_GOT_DIGEST = re.compile(r'got "([0-9a-f]+)"')
+_URL_SCHEMES = ("http", "https", "file")
 
 
 def sha256_prefix_in_name(file_name: str) -> Optional[str]:
@@ -36,68 +48,73 @@ def default_cache_dir() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "gcnet" / "checkpoints"
 
 
+def _torchvision_url(model: str, name: str) -> str:
+    """torchvision's IMAGENET1K_V1 file for ``model`` (what ``torchvision://`` means in mmcv)."""
+    try:
+        return torchvision.models.get_model_weights(model)["IMAGENET1K_V1"].url
+    except (ValueError, KeyError):
+        raise CheckpointError(
+            f"unknown checkpoint name {name!r}: torchvision has no IMAGENET1K_V1 weights for {model!r}"
+        ) from None
+
+
 def resolve_url(name: str) -> str:
-    """http(s) URLs pass through; ``torchvision://resnet50``-style names and zoo names become URLs."""
+    """The URL behind ``name``: http(s) and file URLs pass through, ``torchvision://<model>`` and
+    ``open-mmlab://<name>`` become their published file; anything else is a :class:`CheckpointError`."""
     if name in PRETRAINED_URLS:
         return PRETRAINED_URLS[name]
-    scheme = urlparse(name).scheme
-    if scheme in ("http", "https", "file"):
+    scheme, sep, rest = name.partition("://")
+    if sep and scheme in _URL_SCHEMES:
         return name
-    if "://" in name:
-        raise CheckpointError(f"unknown checkpoint name {name!r}; known: {sorted(PRETRAINED_URLS)}")
-    from gcnet.zoo import get_entry  # local import: the zoo imports this module
+    if sep and scheme == "torchvision":
+        return _torchvision_url(rest, name)
+    raise CheckpointError(
+        f"unknown checkpoint name {name!r}: expected an http(s)/file URL, torchvision://<model> or "
+        f"one of {sorted(PRETRAINED_URLS)}"
+    )
 
-    return get_entry(name).url
+
+def _hub_copy(name: str) -> Path:
+    """Where torch hub (and so torchvision) keeps a downloaded checkpoint of this file name."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _download_error(url: str, err: BaseException, expected: Optional[str]) -> CheckpointError:
+    """One line naming the URL and what went wrong, for each way ``download_url_to_file`` fails."""
+    if isinstance(err, HTTPError):
+        return CheckpointError(f"download {url}: HTTP error {err.code} {err.reason}")
+    if isinstance(err, URLError):
+        where = urlparse(url).netloc or "the local file"
+        return CheckpointError(f"download {url}: could not reach {where} ({err.reason})")
+    got = _GOT_DIGEST.search(str(err))
+    if isinstance(err, RuntimeError) and expected is not None and got is not None:
+        return CheckpointError(
+            f"download {url}: sha256 mismatch: expected prefix {expected} (from the file name), got "
+            f"{got.group(1)[:len(expected)]}; the corrupt download was removed"
+        )
+    return CheckpointError(f"download {url}: {type(err).__name__}: {err}")
 
 
 def download(url: str, cache_dir: Optional[PathLike] = None, progress: bool = True) -> Path:
-    """Fetch ``url`` once into the cache and return the local file; later calls reuse it offline.
+    """The local copy of ``url`` (or of a ``torchvision://``-style name), fetched once and verified.
 
-    The download goes to a temp file that is renamed into place only after its sha256 starts with
-    the hex digits of a ``-<hash>.pth`` file name (the original's publishing convention).
+    Looks in ``cache_dir`` (default :func:`default_cache_dir`), then, for hash-named files, in
+    torch hub's checkpoint cache (a torchvision file already there is not fetched twice); else
+    downloads into ``cache_dir``. A failed or corrupt download leaves nothing at the destination.
     """
     url = resolve_url(url)
     name = Path(unquote(urlparse(url).path)).name
     if not name:
-        raise CheckpointError(f"download: {url!r} does not end in a file name")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = cache / name
+        raise CheckpointError(f"download {url}: the URL does not end in a file name")
+    expected = sha256_prefix_in_name(name)
+    dest = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / name
     if dest.is_file():
         return dest
-    expected = sha256_prefix_in_name(name)
-
-    def fetch_and_check(f: IO[bytes]) -> None:
-        digest = _fetch(url, f, name, progress)
-        if expected is not None and not digest.startswith(expected):
-            raise CheckpointError(
-                f"download: {url}: sha256 {digest[:len(expected)]}... does not match {expected} from "
-                "the file name; the corrupt download was removed"
-            )
-
-    return atomic_write(dest, fetch_and_check, suffix=".part")
-
-
-def _fetch(url: str, f: IO[bytes], name: str, progress: bool) -> str:
-    """Stream ``url`` into ``f`` with a progress bar; return the sha256 hex digest."""
-    from tqdm import tqdm
-
-    sha = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": "gcnet"})
+    if expected is not None and _hub_copy(name).is_file():
+        return _hub_copy(name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except (urllib.error.URLError, OSError) as err:
-        raise CheckpointError(f"download: could not fetch {url}: {err}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        done = 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                  disable=not progress) as bar:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                sha.update(chunk)
-                done += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and done != total:
-        raise CheckpointError(f"download: {url}: got {done} of {total} bytes")
-    return sha.hexdigest()
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=expected, progress=progress)
+    except (OSError, HTTPException, RuntimeError) as err:
+        raise _download_error(url, err, expected) from None
+    return dest
