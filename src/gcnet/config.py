@@ -1,8 +1,12 @@
-"""Typed, frozen configuration for models, data and training.
+"""One run's settings: the model and data settings of the core, the schedule, the class names.
 
 One :class:`Config` per model, built in Python and composed with ``dataclasses.replace``;
 ``gcnet.zoo`` maps the original's config names to these. Command-line overrides are dotted
-paths (``train.lr=0.01``) applied by :func:`apply_overrides`.
+paths (``train.lr=0.01``, ``model.roi.stages.1.pos_iou=0.65``) applied by :func:`apply_overrides`;
+checkpoints record a config as plain data (:func:`config_to_dict`, :func:`config_from_dict`).
+Every object checks its fields when built, so each of these paths ends in the same checks.
+The model's and the data's dataclasses live in the core (``gcnet.models.config``,
+``gcnet.data.config``), which must not import this module; they are re-exported here.
 Defaults are the original's Mask R-CNN R-50 FPN 1x COCO settings (see ``shared/spec``).
 """
 
@@ -11,181 +15,50 @@ from __future__ import annotations
 import ast
 import dataclasses
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 
-NormType = Literal["bn", "syncbn", "frozen_bn"]
-AmpType = Optional[Literal["bf16", "fp16"]]
-
-COCO_CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+from gcnet.data.config import DataConfig
+from gcnet.models.config import (
+    AT_LEAST_1,
+    COCO_CLASSES,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    BackboneConfig,
+    ConfigError,
+    FPNConfig,
+    ModelConfig,
+    NormType,
+    RoIConfig,
+    RoIStageConfig,
+    RPNConfig,
+    cascade_stages,
+    check_fields,
+    config_error,
+    conforms,
+    field_types,
+    join_path,
+    type_text,
 )
 
+__all__ = [
+    "AmpType", "BackboneConfig", "COCO_CLASSES", "Config", "ConfigError", "DataConfig", "FPNConfig",
+    "ModelConfig", "NormType", "RPNConfig", "RoIConfig", "RoIStageConfig", "TrainConfig",
+    "apply_overrides", "cascade_stages", "config_diff", "config_from_dict", "config_to_dict",
+    "with_class_names",
+]
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    """ResNet / ResNeXt as the original builds it for detection (style 'pytorch')."""
-
-    depth: int = 50
-    groups: int = 1
-    base_width: int = 64
-    base_channels: int = 64
-    # GC block after conv3 of every bottleneck of the selected stages (c2..c5); None = no GC.
-    gc_ratio: Optional[float] = None
-    gc_stages: tuple[bool, bool, bool, bool] = (False, True, True, True)
-    gc_pooling: Literal["att", "avg"] = "att"
-    gc_fusions: tuple[str, ...] = ("channel_add",)
-    # Deformable conv v1 replacing conv2 (3x3) of every bottleneck of the selected stages.
-    dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    norm: NormType = "bn"
-    norm_eval: bool = True
-    frozen_stages: int = 1
-    out_indices: tuple[int, ...] = (0, 1, 2, 3)
-    # Where ImageNet weights come from when training starts ("torchvision://resnet50", a path, or None).
-    pretrained: Optional[str] = "torchvision://resnet50"
-    # From scratch (pretrained None): "original" = the original's Kaiming fan_out init, with the last
-    # norm of every block at zero when zero_init_residual; "pytorch" = PyTorch's default layer init.
-    scratch_init: Literal["original", "pytorch"] = "original"
-    zero_init_residual: bool = True
-
-
-@dataclass(frozen=True)
-class FPNConfig:
-    """FPN: c2..c5 in, ``num_outs`` levels out (p2..p6), as the original's Mask R-CNN neck."""
-
-    in_channels: tuple[int, ...] = (256, 512, 1024, 2048)
-    out_channels: int = 256
-    num_outs: int = 5
-
-
-@dataclass(frozen=True)
-class RPNConfig:
-    """RPN head, anchors, proposal settings (train and test) and its target/loss settings."""
-
-    in_channels: int = 256
-    feat_channels: int = 256
-    strides: tuple[int, ...] = (4, 8, 16, 32, 64)
-    scales: tuple[float, ...] = (8.0,)
-    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    # test-time proposals
-    test_nms_pre: int = 1000
-    test_max_per_img: int = 1000
-    nms_iou: float = 0.7
-    min_bbox_size: float = 0.0
-    # train-time proposals
-    train_nms_pre: int = 2000
-    train_max_per_img: int = 1000
-    # targets and losses
-    pos_iou: float = 0.7
-    neg_iou: float = 0.3
-    min_pos_iou: float = 0.3
-    match_low_quality: bool = True
-    num_samples: int = 256
-    pos_fraction: float = 0.5
-    allowed_border: int = -1
-    loss_bbox: Literal["l1", "smooth_l1"] = "l1"
-    smooth_l1_beta: float = 1.0 / 9.0
-    loss_cls_weight: float = 1.0
-    loss_bbox_weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class RoIStageConfig:
-    """One bbox (+ mask) stage: Mask R-CNN has one, Cascade Mask R-CNN three."""
-
-    target_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
-    reg_class_agnostic: bool = False
-    pos_iou: float = 0.5
-    neg_iou: float = 0.5
-    min_pos_iou: float = 0.5
-    match_low_quality: bool = True
-    loss_weight: float = 1.0
-    loss_bbox: Literal["l1", "smooth_l1"] = "l1"
-    smooth_l1_beta: float = 1.0
-
-
-def cascade_stages() -> tuple[RoIStageConfig, RoIStageConfig, RoIStageConfig]:
-    """Cascade Mask R-CNN's three stages: IoU 0.5/0.6/0.7 without low-quality matches, halving
-    box-coder stds, loss weights 1/0.5/0.25, class-agnostic regression with SmoothL1 (beta 1)."""
-    stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
-    return tuple(  # type: ignore[return-value]
-        RoIStageConfig(target_stds=s, reg_class_agnostic=True, pos_iou=iou, neg_iou=iou,
-                       min_pos_iou=iou, match_low_quality=False, loss_weight=w,
-                       loss_bbox="smooth_l1", smooth_l1_beta=1.0)
-        for s, iou, w in zip(stds, (0.5, 0.6, 0.7), (1.0, 0.5, 0.25))
-    )
-
-
-@dataclass(frozen=True)
-class RoIConfig:
-    """RoI heads: feature extraction, bbox/mask heads, per-stage settings, sampling, test-time NMS."""
-
-    num_classes: int = 80
-    in_channels: int = 256
-    featmap_strides: tuple[int, ...] = (4, 8, 16, 32)
-    finest_scale: int = 56
-    bbox_roi_size: int = 7
-    mask_roi_size: int = 14
-    fc_channels: int = 1024
-    mask_convs: int = 4
-    mask_size: int = 28
-    stages: tuple[RoIStageConfig, ...] = (RoIStageConfig(),)
-    # sampling (every stage)
-    num_samples: int = 512
-    pos_fraction: float = 0.25
-    add_gt_as_proposals: bool = True
-    # test-time post-processing
-    score_thr: float = 0.05
-    nms_iou: float = 0.5
-    max_per_img: int = 100
-    mask_thr: float = 0.5
-
-    @property
-    def cascade(self) -> bool:
-        return len(self.stages) > 1
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The whole detector: backbone, neck, RPN and RoI heads (``with_mask`` adds the mask branch)."""
-
-    backbone: BackboneConfig = BackboneConfig()
-    neck: FPNConfig = FPNConfig()
-    rpn: RPNConfig = RPNConfig()
-    roi: RoIConfig = RoIConfig()
-    with_mask: bool = True
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Image pipeline of the original (resize keep-ratio, flip, normalise RGB, pad to 32)."""
-
-    scale: tuple[int, int] = (1333, 800)  # (long edge max, short edge max)
-    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    size_divisor: int = 32
-    flip_prob: float = 0.5
-    images_per_gpu: int = 2
-    workers_per_gpu: int = 2
-    min_size: int = 32
-    train_ann: Optional[str] = None
-    train_images: Optional[str] = None
-    val_ann: Optional[str] = None
-    val_images: Optional[str] = None
+AmpType = Optional[Literal["bf16", "fp16"]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The 1x schedule: SGD, linear warm-up, x0.1 at epochs 8 and 11, 12 epochs."""
+
+    _home: ClassVar[str] = "train"
 
     lr: float = 0.02
     base_batch_size: int = 16  # lr is scaled by (real total batch / base_batch_size)
@@ -209,10 +82,28 @@ class TrainConfig:
     # DDP's find_unused_parameters: only for models whose steps leave trainable parameters unused.
     find_unused_parameters: bool = False
 
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"lr": POSITIVE, "base_batch_size": AT_LEAST_1, "momentum": UNIT, "weight_decay": NON_NEGATIVE,
+             "warmup_iters": NON_NEGATIVE, "warmup_ratio": UNIT, "milestones": AT_LEAST_1, "gamma": POSITIVE,
+             "epochs": AT_LEAST_1, "grad_accum": AT_LEAST_1, "grad_clip": POSITIVE, "seed": NON_NEGATIVE,
+             "log_interval": AT_LEAST_1, "checkpoint_interval": AT_LEAST_1, "eval_interval": AT_LEAST_1,
+             "checkpoint_every_iters": NON_NEGATIVE},
+        )
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise config_error(self, "milestones", f"expected increasing epochs, no repeats, got {self.milestones!r}")
+
 
 @dataclass(frozen=True)
 class Config:
-    """One model's complete settings; ``name`` is the original's config name for zoo models."""
+    """One model's complete settings; ``name`` is the original's config name for zoo models.
+
+    ``model.roi.num_classes`` must be ``len(class_names)``: change both with
+    :func:`with_class_names` (or ``--set class_names=...``, which does the same).
+    """
+
+    _home: ClassVar[str] = ""
 
     name: str = "mask-rcnn_r50_fpn_1x_coco"
     model: ModelConfig = ModelConfig()
@@ -220,62 +111,172 @@ class Config:
     train: TrainConfig = TrainConfig()
     class_names: tuple[str, ...] = field(default=COCO_CLASSES, repr=False)
 
+    def __post_init__(self) -> None:
+        check_fields(self, non_empty=("class_names",))
+        if self.model.roi.num_classes != len(self.class_names):
+            raise config_error(self, "model.roi.num_classes", f"expected {len(self.class_names)}, one per class "
+                               f"name (it follows class_names: set those instead), got {self.model.roi.num_classes}")
 
-def with_class_names(cfg: Config, class_names: tuple[str, ...]) -> Config:
+
+def with_class_names(cfg: Config, class_names: Sequence[str]) -> Config:
     """``cfg`` for another set of classes: the names and the heads' class count change together."""
     roi = dataclasses.replace(cfg.model.roi, num_classes=len(class_names))
     return dataclasses.replace(cfg, class_names=tuple(class_names), model=dataclasses.replace(cfg.model, roi=roi))
 
 
-class ConfigError(ValueError):
-    """An override names a field that does not exist or gives a value of the wrong type."""
+# --- plain data: checkpoints and overrides ----------------------------------------------------------
 
 
-def _parse_value(text: str, annotation: Any, path: str) -> Any:
-    """``text`` as a value of the field's type: a Python literal, else a bare string."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # bare strings: --set model.backbone.norm=syncbn
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin is tuple and isinstance(value, list):
-        value = tuple(value)
-    if origin is tuple and not isinstance(value, tuple):
-        value = (value,)
-    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
-        raise ConfigError(f"{path}: expected {annotation.__name__}, got {text!r}")
-    if origin is Literal and value not in args:
-        raise ConfigError(f"{path}: expected one of {args}, got {text!r}")
-    if origin is typing.Union and value is not None:
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _parse_value(text, inner[0], path)
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as plain data (dicts, lists, numbers, strings, None): what a checkpoint records."""
+    plain = _to_plain(cfg)
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
     return value
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return ``cfg`` with each ``dotted.path=value`` override applied (values as Python literals)."""
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """The :class:`Config` that ``data`` (from :func:`config_to_dict` or ``dataclasses.asdict``)
+    describes. Strict: a key that names no setting is an error naming its path; a missing key takes
+    its default, so that the configs older checkpoints recorded still load."""
+    return _build(Config, data, "")
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of {cls.__name__} settings, got {data!r}")
+    types = field_types(cls)
+    for key in data:
+        if key not in types:
+            raise ConfigError(f"{join_path(path, str(key))}: {cls.__name__} has no such setting "
+                              f"(settings: {', '.join(types)})")
+    values = {key: _from_plain(value, types[key], join_path(path, key)) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise err.at(path) from None
+
+
+def _item_types(annotation: Any, count: int) -> Optional[tuple[Any, ...]]:
+    """The annotations of ``count`` items of a tuple type; None if it holds another count."""
+    args = typing.get_args(annotation)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return (args[0],) * count
+    return args if len(args) == count else None
+
+
+def _from_plain(value: Any, annotation: Any, path: str) -> Any:
+    """``value`` as the annotated type where plain data spells it differently (lists for tuples,
+    mappings for dataclasses, ints for floats); anything else is left for the checks to report."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
+        return _build(annotation, value, path)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        items = _item_types(annotation, len(value))
+        if items is None:
+            return tuple(value)
+        return tuple(_from_plain(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, items)))
+    if origin is Union and value is not None:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _from_plain(value, inner[0], path) if len(inner) == 1 else value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``cfg`` with each ``dotted.path=value`` applied; tuple items by index (``data.scale.0=1000``).
+
+    Values are Python literals parsed as the field's type (bare text for strings: ``norm=syncbn``).
+    All overrides are applied to the plain data first and the config is built and checked once,
+    so that settings that must agree (depth and the neck's channels) can change together.
+    Setting ``class_names`` sets ``model.roi.num_classes`` to their count.
+    """
+    data = config_to_dict(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        path, text = item.split("=", 1)
-        cfg = _replace_path(cfg, path.strip().split("."), text.strip(), path.strip())
-    return cfg
+        path, text = (part.strip() for part in item.split("=", 1))
+        _set_override(data, path, text)
+        names = data["class_names"]
+        if path.split(".")[0] == "class_names" and isinstance(names, (list, tuple)) and names:
+            data["model"]["roi"]["num_classes"] = len(names)
+    return config_from_dict(data)
 
 
-def _replace_path(obj: Any, parts: list[str], text: str, full: str) -> Any:
-    """``obj`` with the field at ``parts`` replaced (frozen dataclasses are rebuilt on the way up)."""
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    head = parts[0]
-    if head not in names:
-        raise ConfigError(f"{full}: {type(obj).__name__} has no field {head!r} (fields: {sorted(names)})")
-    if len(parts) == 1:
-        return dataclasses.replace(obj, **{head: _parse_value(text, hints[head], full)})
-    child = getattr(obj, head)
-    if not dataclasses.is_dataclass(child):
-        raise ConfigError(f"{full}: {head!r} is not a group of settings")
-    return dataclasses.replace(obj, **{head: _replace_path(child, parts[1:], text, full)})
+def _set_override(data: dict[str, Any], path: str, text: str) -> None:
+    """Put ``text``, parsed as the type of the setting at ``path``, into ``data`` (plain, in place)."""
+    parts = path.split(".")
+    node: Any = data
+    annotation: Any = Config
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        key: Union[str, int]
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+            types = field_types(annotation)
+            if part not in types:
+                raise ConfigError(f"{here}: {annotation.__name__} has no setting {part!r} "
+                                  f"(settings: {', '.join(types)})")
+            key, annotation = part, types[part]
+        elif typing.get_origin(annotation) is tuple and isinstance(node, list):
+            items = _item_types(annotation, len(node)) or ()
+            if not part.isdigit() or int(part) >= len(items):
+                raise ConfigError(f"{here}: expected an index 0..{len(node) - 1} into {type_text(annotation)}")
+            key, annotation = int(part), items[int(part)]
+        else:
+            owner = ".".join(parts[:depth])
+            raise ConfigError(f"{here}: {owner} is {type_text(annotation)} ({node!r}), which has no items")
+        if depth == len(parts) - 1:
+            node[key] = _parse(text, annotation)
+        else:
+            node = node[key]
+
+
+def _parse(text: str, annotation: Any) -> Any:
+    """``text`` as a Python literal in plain form; bare text where the literal fails to parse or where
+    the field takes that text as it is (``norm=syncbn``, ``name=123``, ``pretrained=open-mmlab://x``)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+    if value is not None and not isinstance(value, str) and conforms(text, annotation):
+        return text
+    return _to_plain(value)
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    """Every setting in which ``b`` differs from ``a``, one ``dotted.path: A -> B`` each (stages by
+    index, tuples of numbers whole, long tuples such as class names shortened)."""
+    lines: list[str] = []
+    _diff(a, b, "", lines)
+    return lines
+
+
+def _diff(a: Any, b: Any, path: str, lines: list[str]) -> None:
+    if a == b:
+        return
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        for f in dataclasses.fields(a):
+            _diff(getattr(a, f.name), getattr(b, f.name), join_path(path, f.name), lines)
+    elif (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
+          and any(dataclasses.is_dataclass(v) for v in a)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff(x, y, join_path(path, str(i)), lines)
+    else:
+        lines.append(f"{path}: {_brief(a)} -> {_brief(b)}")
+
+
+def _brief(value: Any) -> str:
+    """A short repr: groups of settings by count, long tuples by their first items and length."""
+    if isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
+        return f"{len(value)} x {type(value[0]).__name__}"
+    if isinstance(value, tuple) and len(value) > 6:
+        return f"({', '.join(repr(v) for v in value[:3])}, ... {len(value)} in all)"
+    return repr(value)

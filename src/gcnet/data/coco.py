@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gcnet.config import DataConfig
+from gcnet.data.config import DataConfig
 from gcnet.data.image_io import DatasetError, load_image
 from gcnet.data.transforms import hflip_boxes, hflip_image, hflip_masks, normalize, resize_keep_ratio, resize_masks
 from gcnet.structures import ImageMeta, Targets

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from gcnet.config import DataConfig
+from gcnet.data.config import DataConfig
 from gcnet.data.collate import collate
 
 

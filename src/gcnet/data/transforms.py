@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gcnet.config import DataConfig
+from gcnet.data.config import DataConfig
 from gcnet.structures import ImageMeta
 
 ArrayLike = Union[np.ndarray, Tensor]

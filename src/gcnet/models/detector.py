@@ -11,8 +11,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from gcnet.config import COCO_CLASSES, ModelConfig
 from gcnet.models.backbone import ResNet, load_imagenet_weights
+from gcnet.models.config import COCO_CLASSES, ModelConfig
 from gcnet.models.neck import FPN
 from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
 from gcnet.models.rpn import RPNHead

@@ -12,8 +12,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from gcnet.config import BackboneConfig
 from gcnet.layers import ContextBlock, DeformConv2dPack, FrozenBatchNorm2d, build_norm
+from gcnet.models.config import BackboneConfig
 
 ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -133,27 +133,6 @@ class Bottleneck(_ResidualBlock):
         return self.bn3(self.conv3(out))
 
 
-def _validate(cfg: BackboneConfig) -> None:
-    if cfg.depth not in ARCH_SETTINGS:
-        raise ValueError(f"BackboneConfig.depth: {cfg.depth} is not one of {sorted(ARCH_SETTINGS)}")
-    if cfg.groups < 1 or cfg.base_width < 1 or cfg.base_channels < 1:
-        raise ValueError(
-            f"BackboneConfig: groups, base_width and base_channels must be >= 1 (got {cfg.groups}, "
-            f"{cfg.base_width}, {cfg.base_channels})"
-        )
-    for name in ("gc_stages", "dcn_stages"):
-        if len(getattr(cfg, name)) != 4:
-            raise ValueError(f"BackboneConfig.{name}: needs 4 flags (c2..c5), got {getattr(cfg, name)}")
-    if not -1 <= cfg.frozen_stages <= 4:
-        raise ValueError(f"BackboneConfig.frozen_stages: {cfg.frozen_stages} not in -1..4")
-    if cfg.scratch_init not in ("original", "pytorch"):
-        raise ValueError(f"BackboneConfig.scratch_init: {cfg.scratch_init!r} is not 'original' or 'pytorch'")
-    if not cfg.out_indices or any(i not in range(4) for i in cfg.out_indices):
-        raise ValueError(f"BackboneConfig.out_indices: {cfg.out_indices} must be a non-empty subset of 0..3")
-    if list(cfg.out_indices) != sorted(set(cfg.out_indices)):
-        raise ValueError(f"BackboneConfig.out_indices: {cfg.out_indices} must be increasing, no repeats")
-
-
 class ResNet(nn.Module):
     """ResNet-18..152 and ResNeXt (``groups``/``base_width``) returning c2..c5 for ``out_indices``.
 
@@ -164,8 +143,7 @@ class ResNet(nn.Module):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        _validate(cfg)
-        self.cfg = cfg
+        self.cfg = cfg  # checked when built: depth, stage flags, out_indices, frozen_stages (BackboneConfig)
         kind, stage_blocks = ARCH_SETTINGS[cfg.depth]
         block: type[_ResidualBlock] = BasicBlock if kind == "basic" else Bottleneck
         self.frozen_stages = cfg.frozen_stages

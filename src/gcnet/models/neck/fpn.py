@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcnet.config import FPNConfig
+from gcnet.models.config import FPNConfig
 
 
 class ConvUnit(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gcnet.boxes import DeltaXYWHBBoxCoder
-from gcnet.config import RoIConfig, cascade_stages  # noqa: F401 (cascade_stages re-exported)
+from gcnet.models.config import RoIConfig, cascade_stages  # noqa: F401 (cascade_stages re-exported)
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes, regress_by_label
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
 from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms

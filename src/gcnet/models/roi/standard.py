@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from gcnet.boxes import DeltaXYWHBBoxCoder
-from gcnet.config import RoIConfig
+from gcnet.models.config import RoIConfig
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
 from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms

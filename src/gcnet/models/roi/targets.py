@@ -23,7 +23,7 @@ from gcnet.boxes import (
     l1_loss,
     smooth_l1_loss,
 )
-from gcnet.config import RoIStageConfig
+from gcnet.models.config import RoIStageConfig
 from gcnet.models.roi.bbox_head import select_deltas
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
 from gcnet.structures import Targets

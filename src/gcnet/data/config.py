@@ -1,0 +1,33 @@
+"""The image pipeline's settings, checked when built like the model's (see ``gcnet.models.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from gcnet.models.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_fields
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Image pipeline of the original (resize keep-ratio, flip, normalise RGB, pad to 32)."""
+
+    _home: ClassVar[str] = "data"
+
+    scale: tuple[int, int] = (1333, 800)  # (long edge max, short edge max)
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisor: int = 32
+    flip_prob: float = 0.5
+    images_per_gpu: int = 2
+    workers_per_gpu: int = 2
+    min_size: int = 32
+    train_ann: Optional[str] = None
+    train_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    val_images: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"scale": AT_LEAST_1, "std": POSITIVE, "size_divisor": AT_LEAST_1, "flip_prob": UNIT,
+                            "images_per_gpu": AT_LEAST_1, "workers_per_gpu": NON_NEGATIVE,
+                            "min_size": NON_NEGATIVE})
