@@ -28,7 +28,7 @@ def _eager_part_outputs(model, images):
     """Independent formulation of every part's outputs through the model's own public calls."""
     with torch.no_grad():
         feats = model.extract_features(images)
-        cls_outs, reg_outs = model.rpn_head.head(feats)
+        cls_outs, reg_outs = model.rpn_head(feats)
     return (*feats, *cls_outs, *reg_outs)
 
 
@@ -72,6 +72,59 @@ def test_exported_program_equals_eager(setup):
         torch.testing.assert_close(g_reg, e_reg, atol=1e-5, rtol=1e-5)
     detector = export.ExportedDetector(model, export.DetectorParts.from_programs(programs))
     _assert_same_detections(ref, detector(images, metas), atol=1e-5)
+
+
+def test_exported_glue_is_the_eager_code(setup):
+    """With the eager modules as the parts, the exported detector's glue (proposal selection, RoI
+    head) gives detections equal to the eager model's to the bit: there is no second copy of it."""
+    model, images, metas, ref = setup
+    eager = export.detector_parts(model)
+    heads = lambda prefix: [eager[n] for n in sorted(eager) if n.startswith(prefix)]  # noqa: E731
+    parts = export.DetectorParts(features=eager["features"], bbox_heads=heads("bbox_head"),
+                                 mask_heads=heads("mask_head"))
+    out = export.ExportedDetector(model, parts)(images, metas)
+    assert sum(len(d) for d in ref) > 0
+    for a, b in zip(ref, out):
+        for name in ("boxes", "scores", "labels", "masks"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert out[0].class_names == ref[0].class_names
+
+
+class _RejectsEmptyBatch:
+    """Stands in for an ExportedProgram whose module, like torch 2.4's input check, refuses a
+    size-0 first dim ("Expected input x.shape[0] = 0 to be of the form s0")."""
+
+    def __init__(self, module):
+        self.inner = module
+        self.sizes = []
+
+    def module(self):
+        def call(x):
+            self.sizes.append(int(x.shape[0]))
+            if x.shape[0] == 0:
+                raise RuntimeError("Expected input x.shape[0] = 0 to be of the form s0")
+            return self.inner(x)
+
+        return call
+
+
+@pytest.mark.parametrize("part", ["bbox_head0", "mask_head0"])
+def test_program_runner_takes_zero_rois(setup, part):
+    """program_runner gives empty outputs of the right shapes for 0 RoIs, also where the program
+    itself rejects an empty batch (it runs one dummy RoI and drops it), and leaves k > 0 alone."""
+    model, *_ = setup
+    program = export.export_program(model, IMAGE)[part]
+    size = model.cfg.roi.bbox_roi_size if part.startswith("bbox") else model.cfg.roi.mask_roi_size
+    empty, three = torch.zeros(0, 32, size, size), torch.randn(3, 32, size, size)
+    expected = export.program_runner(program)(three)
+    strict = _RejectsEmptyBatch(program.module())
+    run = export.program_runner(strict)
+    for got in (export.program_runner(program)(empty), run(empty)):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == (0, *e.shape[1:]) and g.dtype == e.dtype
+    assert strict.sizes == [1]
+    assert all(torch.equal(g, e) for g, e in zip(run(three), expected)) and strict.sizes == [1, 3]
 
 
 def test_onnx_equals_eager(setup, tmp_path):

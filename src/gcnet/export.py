@@ -6,9 +6,10 @@ The split (the data-dependent steps cannot be one static graph):
   size ``(H, W)``: ``images [B, 3, H, W] -> (p2..p6, rpn logits per level, rpn deltas per level)``.
 * parts ``bbox_head{i}`` / ``mask_head{i}`` — each RoI stage's box head (``[K, C, 7, 7] ->
   (logits, deltas)``) and mask head (``[K, C, 14, 14] -> mask logits``) with a dynamic RoI count K.
-* eager PyTorch around them — anchors, per-level top-k, box decoding, NMS (the RPN's
-  ``proposals_single``), RoIAlign, the RoI head's score/NMS/cascade logic and mask pasting, run by the
-  original modules so :class:`ExportedDetector` gives the same detections as the eager model.
+* eager PyTorch around them — the RPN's proposal selection (anchors, per-level top-k, box decoding,
+  NMS: the detector's own :class:`~gcnet.models.rpn.RPNProposals`), RoIAlign, the RoI head's
+  score/NMS/cascade logic and mask pasting, run by the original modules so :class:`ExportedDetector`
+  gives the same detections as the eager model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gcnet.structures import Detections, ImageMeta
@@ -29,19 +29,18 @@ PartFn = Callable[[Tensor], tuple[Tensor, ...]]
 
 
 class FeaturePart(nn.Module):
-    """Backbone + FPN + RPN convs as one static graph (shares the detector's parameters)."""
+    """Backbone + FPN + RPN head as one static graph (shares the detector's modules)."""
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.backbone = detector.backbone
         self.neck = detector.neck
-        rpn = detector.rpn_head
-        self.rpn_conv, self.rpn_cls, self.rpn_reg = rpn.rpn_conv, rpn.rpn_cls, rpn.rpn_reg
+        self.rpn_head = detector.rpn_head
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         feats = self.neck(self.backbone(images))
-        hidden = [F.relu(self.rpn_conv(f)) for f in feats]
-        return (*feats, *[self.rpn_cls(h) for h in hidden], *[self.rpn_reg(h) for h in hidden])
+        logits, deltas = self.rpn_head(feats)
+        return (*feats, *logits, *deltas)
 
 
 class _TupleOut(nn.Module):
@@ -148,6 +147,22 @@ def export_onnx(
     return files
 
 
+def accept_empty_batch(fn: PartFn) -> PartFn:
+    """``fn`` made to take a size-0 batch: it runs one zero row and returns each output's first 0 rows.
+
+    A RoI head part sees 0 RoIs whenever an image has no proposals, and some runtimes reject that
+    although the dim's range allows it: torch 2.4's exported-program input check (its sizes are
+    positive symbols, so ``s0 = 0`` has no solution; 1 does) and some ONNX runtimes.
+    """
+
+    def run(x: Tensor) -> tuple[Tensor, ...]:
+        if x.shape[0] > 0:
+            return fn(x)
+        return tuple(o[:0] for o in fn(x.new_zeros((1, *x.shape[1:]))))
+
+    return run
+
+
 def onnx_runner(file: Union[str, Path]) -> PartFn:
     """An onnxruntime (CPU) session as a part function: Tensor in, tuple of Tensors out."""
     import onnxruntime as ort
@@ -158,16 +173,17 @@ def onnx_runner(file: Union[str, Path]) -> PartFn:
         outs = session.run(None, {"x": x.detach().float().cpu().numpy()})
         return tuple(torch.from_numpy(o).to(x.device) for o in outs)
 
-    return run
+    return accept_empty_batch(run)
 
 
 def program_runner(program: torch.export.ExportedProgram) -> PartFn:
+    """An exported program as a part function: Tensor in, tuple of Tensors out (any batch size, 0 too)."""
     module = program.module()
 
     def run(x: Tensor) -> tuple[Tensor, ...]:
         return tuple(module(x))
 
-    return run
+    return accept_empty_batch(run)
 
 
 class _HeadCall(nn.Module):
@@ -189,16 +205,17 @@ class _HeadCall(nn.Module):
             return getattr(object.__getattribute__(self, "original"), name)
 
     def forward(self, x: Tensor):
-        k = x.shape[0]
-        outs = self.fn(x if k > 0 else x.new_zeros((1, *x.shape[1:])))
-        if k == 0:  # some runtimes reject an empty batch: run one dummy RoI and drop it
-            outs = tuple(o[:0] for o in outs)
+        outs = self.fn(x)
         return outs[0] if self.single else outs
 
 
 @dataclass
 class DetectorParts:
-    """The part functions an :class:`ExportedDetector` chains (torch.export programs or ONNX sessions)."""
+    """The part functions an :class:`ExportedDetector` chains (torch.export programs or ONNX sessions).
+
+    A head part must take a batch of 0 RoIs; wrap one that cannot in :func:`accept_empty_batch`
+    (the runners here are wrapped).
+    """
 
     features: PartFn
     bbox_heads: Sequence[PartFn]
@@ -225,13 +242,14 @@ class DetectorParts:
 class ExportedDetector(nn.Module):
     """Exported parts + the detector's own eager glue; same inputs and outputs as the detector.
 
-    The RPN's proposal selection (``rpn_head.proposals_single``) and the RoI head (RoIAlign, scores,
-    NMS, cascade refinement, mask pasting) run eagerly; only their heads are swapped for the parts.
+    The RPN's proposal selection (the detector's ``rpn_proposals``, test limits) and the RoI head
+    (RoIAlign, scores, NMS, cascade refinement, mask pasting) run eagerly; only their heads are
+    swapped for the parts.
     """
 
     def __init__(self, detector: nn.Module, parts: DetectorParts) -> None:
         super().__init__()
-        self.rpn_head = detector.rpn_head
+        self.rpn_proposals = detector.rpn_proposals
         self.class_names = getattr(detector, "class_names", ())
         self.num_levels = len(detector.cfg.rpn.strides)
         self.features = parts.features
@@ -255,25 +273,6 @@ class ExportedDetector(nn.Module):
                 swapped._modules[attr] = _HeadCall(fns[0], original, single)
         return swapped
 
-    def rpn_proposals(
-        self, cls_outs: Sequence[Tensor], reg_outs: Sequence[Tensor], metas: Sequence[ImageMeta]
-    ) -> list[Tensor]:
-        """The RPN head's test path from its raw conv outputs (same steps as ``RPNHead.forward``)."""
-        rpn = self.rpn_head
-        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_outs]
-        anchors = rpn.anchor_generator.grid_anchors(sizes, device=cls_outs[0].device)
-        num = len(metas)
-        cls_flat = [c.permute(0, 2, 3, 1).reshape(num, -1) for c in cls_outs]
-        reg_flat = [r.permute(0, 2, 3, 1).reshape(num, -1, 4) for r in reg_outs]
-        cfg = rpn.cfg
-        return [
-            rpn.proposals_single(
-                [c[i] for c in cls_flat], [r[i] for r in reg_flat], anchors, metas[i].img_shape,
-                cfg.test_nms_pre, cfg.test_max_per_img,
-            )
-            for i in range(num)
-        ]
-
     @torch.no_grad()
     def forward(self, images: Tensor, metas: list[ImageMeta]) -> list[Detections]:
         if len(metas) != images.shape[0]:
@@ -283,7 +282,7 @@ class ExportedDetector(nn.Module):
         if len(outs) != 3 * n:
             raise ValueError(f"ExportedDetector: features part gave {len(outs)} outputs, expected {3 * n}")
         feats, cls_outs, reg_outs = list(outs[:n]), outs[n : 2 * n], outs[2 * n :]
-        proposals = self.rpn_proposals(cls_outs, reg_outs, metas)
+        proposals = self.rpn_proposals(cls_outs, reg_outs, metas, training=False)
         detections = self.roi_head(feats, proposals, metas)
         for d in detections:
             d.class_names = self.class_names

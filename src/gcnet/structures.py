@@ -11,6 +11,16 @@ import torch
 from torch import Tensor
 
 
+DEFAULT_SIZE_DIVISOR = 32
+
+
+def round_up_shape(shape: tuple[int, int], divisor: int) -> tuple[int, int]:
+    """(h, w) rounded up to multiples of ``divisor``; unchanged when ``divisor`` <= 0 (no padding)."""
+    if divisor <= 0:
+        return int(shape[0]), int(shape[1])
+    return -(-int(shape[0]) // divisor) * divisor, -(-int(shape[1]) // divisor) * divisor
+
+
 @dataclass(frozen=True)
 class ImageMeta:
     """What the detector must know about one image of a padded batch.
@@ -18,6 +28,11 @@ class ImageMeta:
     ``img_shape`` is the resized, unpadded (h, w): boxes are clipped to it.
     ``ori_shape`` is the original (h, w): boxes and masks are returned in it.
     ``scale_factor`` is (w_scale, h_scale) = resized / original, as the original stores it.
+    ``pad_shape`` is ``img_shape`` rounded up to the data pipeline's size divisor (the image's own
+    padding, not the batch's): the RPN loss ignores anchors beyond it, as the original's
+    ``valid_flags`` do. ``collate`` sets it from its ``size_divisor``; left out, it is ``img_shape``
+    rounded up to :data:`DEFAULT_SIZE_DIVISOR` (the original's ``Pad(size_divisor=32)``), and
+    ``dataclasses.replace(meta, pad_shape=None)`` derives it again that way.
     """
 
     img_shape: tuple[int, int]
@@ -26,6 +41,13 @@ class ImageMeta:
     flip: bool = False
     image_id: int | None = None
     file_name: str | None = None
+    pad_shape: tuple[int, int] = None  # type: ignore[assignment]  # None: derived in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.pad_shape is None:
+            object.__setattr__(self, "pad_shape", round_up_shape(self.img_shape, DEFAULT_SIZE_DIVISOR))
+        elif any(p < s for p, s in zip(self.pad_shape, self.img_shape)):
+            raise ValueError(f"ImageMeta: pad_shape {self.pad_shape} is smaller than img_shape {self.img_shape}")
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Batching: pad normalised images (and target masks) bottom/right to a common size.
 
 The original pads to a multiple of 32 with value 0 *after* normalisation (mmdet Pad /
-DetDataPreprocessor), and pads the GT masks the same way (3.x ``pad_mask=True``).
+DetDataPreprocessor), and pads the GT masks the same way (3.x ``pad_mask=True``). Each image's
+own padded extent (its ``pad_shape``, which the RPN loss's valid anchors follow) goes in its meta.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch.nn.functional as F
@@ -18,7 +20,10 @@ Sample = tuple[Tensor, ImageMeta, Optional[Targets]]
 
 
 def collate(samples: Sequence[Sample], size_divisor: int = 32) -> Batch:
-    """Stack ``(image [3,h,w], meta, targets | None)`` samples into a zero-padded :class:`Batch`."""
+    """Stack ``(image [3,h,w], meta, targets | None)`` samples into a zero-padded :class:`Batch`.
+
+    Each meta's ``pad_shape`` becomes its ``img_shape`` rounded up to ``size_divisor``.
+    """
     if len(samples) == 0:
         raise ValueError("collate: got an empty list of samples")
     images = [s[0] for s in samples]
@@ -31,7 +36,7 @@ def collate(samples: Sequence[Sample], size_divisor: int = 32) -> Batch:
     batch = images[0].new_zeros((len(images), int(images[0].shape[0]), pad_h, pad_w))
     for i, img in enumerate(images):
         batch[i, :, : img.shape[1], : img.shape[2]] = img
-    metas = [s[1] for s in samples]
+    metas = [replace(s[1], pad_shape=padded_size(*s[1].img_shape, size_divisor)) for s in samples]
     has_targets = [s[2] is not None for s in samples]
     if any(has_targets) and not all(has_targets):
         raise ValueError("collate: some samples have targets and others do not")

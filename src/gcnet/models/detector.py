@@ -15,7 +15,7 @@ from gcnet.models.backbone import ResNet, load_imagenet_weights
 from gcnet.models.config import COCO_CLASSES, ModelConfig
 from gcnet.models.neck import FPN
 from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
-from gcnet.models.rpn import RPNHead
+from gcnet.models.rpn import RPNHead, RPNLoss, RPNProposals
 from gcnet.structures import Detections, ImageMeta, Targets
 
 DetectorOutput = Union[dict[str, Tensor], list[Detections]]
@@ -35,6 +35,8 @@ class TwoStageDetector(nn.Module):
         self.backbone = ResNet(cfg.backbone)
         self.neck = FPN(cfg.neck)
         self.rpn_head = RPNHead(cfg.rpn)
+        self.rpn_proposals = RPNProposals(cfg.rpn)  # no parameters: not in the state_dict
+        self.rpn_loss = RPNLoss(cfg.rpn)
         head_type = CascadeRoIHead if cfg.roi.cascade else StandardRoIHead
         self.roi_head = head_type(cfg.roi, with_mask=cfg.with_mask)
 
@@ -56,10 +58,12 @@ class TwoStageDetector(nn.Module):
         if len(metas) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images in the batch but {len(metas)} metas")
         feats = self.extract_features(images)
-        proposals, rpn_losses = self.rpn_head(feats, metas, targets)
+        rpn_logits, rpn_deltas = self.rpn_head(feats)
+        proposals = self.rpn_proposals(rpn_logits, rpn_deltas, metas, training=self.training)
         if targets is None:
             detections = self.roi_head(feats, proposals, metas)
             return [_named(d, self.class_names) for d in detections]
+        rpn_losses = self.rpn_loss(rpn_logits, rpn_deltas, metas, targets)
         roi_losses = self.roi_head(feats, proposals, metas, targets)
         return {**rpn_losses, **roi_losses}
 
