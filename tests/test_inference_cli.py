@@ -12,10 +12,11 @@ from PIL import Image
 
 from gcnet.checkpoint import save_checkpoint
 from gcnet.cli import main
-from gcnet.demo import demo_config
+from gcnet.zoo import demo_config
 from gcnet.inference import predict
 from gcnet.models.detector import build_model
-from gcnet.tasks import UserError, expand_image_paths
+from gcnet.errors import UserError
+from gcnet.inference import expand_image_paths
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +152,12 @@ def test_cli_train_then_test_on_the_synthetic_set(tmp_path, capsys) -> None:
     assert (work / "epoch_1.pth").is_file() and (work / "log.jsonl").is_file()
     assert "training on the 5 categories" in capsys.readouterr().out
     out = tmp_path / "results.json"
+    # the checkpoint records the (96, 96) scale and the 5 classes it was trained with: no --set needed
     assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data", paths["val_ann"],
-                 "--images", paths["val_images"], "--out", str(out), *overrides]) == 0
-    printed = capsys.readouterr().out
+                 "--images", paths["val_images"], "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "records its own config" in captured.err and "data.scale: (160, 160) -> (96, 96)" in captured.err
     assert "Average Precision" in printed and "segm" in printed
     assert isinstance(json.loads(out.read_text()), list)
     assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data",

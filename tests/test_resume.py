@@ -22,7 +22,7 @@ import torch
 pytest.importorskip("gcnet.models.detector")
 import gcnet  # noqa: E402
 from gcnet.engine import train  # noqa: E402
-from gcnet.tasks import evaluate_model  # noqa: E402
+from gcnet.evaluation import evaluate_model  # noqa: E402
 from test_trainer import real_tiny_config  # noqa: E402
 
 torch.set_num_threads(1)

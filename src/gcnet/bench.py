@@ -14,6 +14,7 @@ to 800x1199 and pads it to 800x1216.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import statistics
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gcnet.build import build
 from gcnet.config import Config, DataConfig
+from gcnet.data import preprocess
 from gcnet.speed import (  # noqa: F401 (re-exported: the measurement primitives and speed-ups live there)
     CompileScope,
     _MemoryMeter,
@@ -37,9 +40,11 @@ from gcnet.speed import (  # noqa: F401 (re-exported: the measurement primitives
     sync,
 )
 from gcnet.structures import ImageMeta, Targets
+from gcnet.zoo import ZOO
 
 DType = Literal["fp32", "bf16", "fp16"]
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (427, 640)
+PEER_NAME = "torchvision maskrcnn_resnet50_fpn"
 ImageSource = Union[tuple[int, int], Sequence[np.ndarray]]
 
 
@@ -114,14 +119,13 @@ def synthetic_input(
     gen = torch.Generator().manual_seed(seed)
     images = torch.zeros(batch_size, 3, hp, wp)
     images[:, :, :h, :w] = torch.randn(batch_size, 3, h, w, generator=gen)
-    meta = ImageMeta(img_shape=(h, w), ori_shape=tuple(image_size), scale_factor=(w / image_size[1], h / image_size[0]))
+    meta = ImageMeta(img_shape=(h, w), ori_shape=tuple(image_size), scale_factor=(w / image_size[1], h / image_size[0]),
+                     pad_shape=(hp, wp))
     return images, [meta] * batch_size
 
 
 def _real_inputs(images: Sequence[np.ndarray], data: DataConfig) -> list[tuple[Tensor, list[ImageMeta]]]:
     """Each uint8 HWC RGB image through ``gcnet.data.preprocess``, padded as the collate step does."""
-    from gcnet.data import preprocess  # the data package is optional for synthetic benchmarks
-
     batches = []
     for i, image in enumerate(images):
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
@@ -131,7 +135,7 @@ def _real_inputs(images: Sequence[np.ndarray], data: DataConfig) -> list[tuple[T
         hp, wp = _pad_to(h, data.size_divisor), _pad_to(w, data.size_divisor)
         batch = tensor.new_zeros(1, 3, hp, wp)
         batch[0, :, :h, :w] = tensor
-        batches.append((batch, [meta]))
+        batches.append((batch, [dataclasses.replace(meta, pad_shape=(hp, wp))]))
     return batches
 
 
@@ -310,7 +314,7 @@ def benchmark_peer(
     compile: Union[bool, CompileScope] = False,
     warmup: int = 5,
     iters: int = 50,
-    name: str = "torchvision maskrcnn_resnet50_fpn",
+    name: str = PEER_NAME,
 ) -> BenchResult:
     """The same measurement for a torchvision detector (its own resize/normalise runs inside the timer)."""
     device = torch.device(device)
@@ -347,16 +351,8 @@ def benchmark_peer(
 
 def _seed_numbers(name: str) -> tuple[Optional[float], Optional[float]]:
     """(mem GB, fps) the original's table gives for ``name``, or None where unknown."""
-    try:
-        from gcnet.zoo import ZOO
-    except ImportError:
-        return None, None
     entry = ZOO.get(name)
-    if entry is None:
-        return None, None
-    mem = next((getattr(entry, a) for a in ("mem_gb", "memory_gb", "mem") if hasattr(entry, a)), None)
-    fps = next((getattr(entry, a) for a in ("fps", "inf_fps", "inference_fps") if hasattr(entry, a)), None)
-    return mem, fps
+    return (None, None) if entry is None else (entry.mem_gb, entry.fps)
 
 
 def _fmt(value: Optional[float], digits: int) -> str:
@@ -386,17 +382,10 @@ def format_row(result: BenchResult, config_name: Optional[str] = None) -> str:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _resolve_config(config: Union[str, Config]) -> Config:
-    if isinstance(config, Config):
-        return config
-    from gcnet.zoo import get_config
-
-    return get_config(config)
-
-
 def run_bench(
-    config_name_or_cfg: Union[str, Config],
+    config_name_or_cfg: Union[str, Path, Config],
     checkpoint: Optional[Union[str, Path]] = None,
+    overrides: Sequence[str] = (),
     device: Union[str, torch.device] = "cpu",
     dtype: DType = "fp32",
     compile: Union[bool, CompileScope] = False,
@@ -412,17 +401,12 @@ def run_bench(
     ``fast`` times the inference mode of :func:`gcnet.speed.prepare_for_inference` (folded BN,
     channels-last, fastest CPU conv kernels); the peer then gets the same preparation.
 
-    Weights are random unless ``checkpoint`` is given (speed does not depend on them, except through
+    The model comes from :func:`gcnet.build.build` (zoo name, ``gcnet-demo``, Config or checkpoint
+    file). Weights are random unless a checkpoint is given (speed does not depend on them, except through
     the number of detections that survive the score threshold).
     """
-    from gcnet.models.detector import TwoStageDetector
-
-    cfg = _resolve_config(config_name_or_cfg)
-    model = TwoStageDetector(cfg.model, cfg.class_names)
-    if checkpoint is not None:
-        from gcnet.checkpoint import load_checkpoint
-
-        load_checkpoint(model, str(checkpoint))
+    built = build(config_name_or_cfg, checkpoint, overrides=overrides)
+    model, cfg = built.model, built.config
     # one model on the device at a time, so each peak memory is that model's alone
     timed = prepare_for_inference(model.eval()) if fast else model
     results = [

@@ -1,22 +1,158 @@
-"""`gcnet train | test | predict | bench | export | zoo | demo`: a thin shell over library calls."""
+"""`gcnet train | test | predict | bench | export | zoo | demo`: argument parsing and messages only.
+
+Each command is a short adapter over a library call; models come from :mod:`gcnet.build`, so the
+CLI accepts exactly what ``gcnet.build_detector`` accepts. Errors the user can fix print as one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gcnet.bench import DEFAULT_IMAGE_SIZE, PEER_NAME, ROW_HEADER, format_row, run_bench
+from gcnet.build import build, check_source, default_device, resolve
+from gcnet.checkpoint import CheckpointError
+from gcnet.config import ConfigError
+from gcnet.data import DatasetError
+from gcnet.demo import run_demo
+from gcnet.engine import init_distributed, teardown_distributed, train, with_dataset_classes
+from gcnet.errors import UserError
+from gcnet.evaluation import evaluate_model
+from gcnet.export import export_onnx
+from gcnet.inference import expand_image_paths, predict_to_dir, to_rgb_array
+from gcnet.zoo import ZOO
 
 FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)"
+SOURCE_HELP = ("a zoo config name (see `gcnet zoo`), `gcnet-demo`, or a checkpoint file gcnet wrote "
+               "(it records its config and classes)")
+CHECKPOINT_HELP = "weights: a path, an http(s) URL, a zoo config name, or `zoo` for the config's published file"
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cli_zoo(args: argparse.Namespace) -> int:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:g}"
+
+    print(f"{'config':<78} {'mem GB':>6} {'fps':>5} {'box AP':>6} {'mask AP':>7}")
+    for name, e in ZOO.items():
+        print(f"{name:<78} {num(e.mem_gb):>6} {num(e.fps):>5} {num(e.box_ap):>6} {num(e.mask_ap):>7}")
+        if args.urls:
+            print(f"    {e.url}")
+    return 0
+
+
+def _weights_given(args: argparse.Namespace) -> None:
+    """predict and test need trained weights: the source file itself or --checkpoint."""
+    check_source(args.config)
+    if args.checkpoint is None and not Path(args.config).is_file():
+        raise UserError(f"{args.config} is a config, not a checkpoint file: give its weights with "
+                        "--checkpoint (a file, a URL, or `zoo` for the published file)")
+
+
+def cli_predict(args: argparse.Namespace) -> int:
+    _weights_given(args)
+    images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
+    built = build(args.config, args.checkpoint, overrides=args.overrides,
+                  device=default_device(args.device), fast=args.fast)
+    path = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr)
+    print(f"wrote {len(images)} image(s) and {path}")
+    return 0
+
+
+def cli_test(args: argparse.Namespace) -> int:
+    _weights_given(args)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as err:  # torchrun variables or --device that cannot work
+        raise UserError(str(err)) from None
+    try:
+        built = build(args.config, args.checkpoint, overrides=args.overrides, device=ctx.device, fast=args.fast)
+        evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, args.out)
+    finally:
+        teardown_distributed()
+    return 0
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    cfg, _, _ = resolve(args.config, None, args.overrides)
+    paths = {"train_ann": args.data, "train_images": args.images,
+             "val_ann": args.val_data, "val_images": args.val_images}
+    given = {k: str(v) for k, v in paths.items() if v is not None}
+    cfg = with_dataset_classes(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given)))
+
+    def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
+        return evaluate_model(model, cfg.data.val_ann, cfg.data.val_images, cfg.data)  # type: ignore[arg-type]
+
+    evaluate_fn = evaluate if cfg.data.val_ann and cfg.data.val_images else None
+    try:
+        final = train(cfg, args.work_dir, resume=args.resume, device=args.device, evaluate_fn=evaluate_fn)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def cli_bench(args: argparse.Namespace) -> int:
+    image_size: Any = DEFAULT_IMAGE_SIZE
+    if args.images is not None:
+        if args.peer or args.train:
+            raise UserError("--images times real images for gcnet alone; --peer and --train use the synthetic size")
+        image_size = [to_rgb_array(p) for p in expand_image_paths([args.images])[: args.iters]]
+    results = run_bench(args.config, checkpoint=args.checkpoint, overrides=args.overrides, device=args.device,
+                        dtype=args.dtype, compile=args.compile, iters=args.iters, peer=args.peer,
+                        train=args.train, fast=args.fast, image_size=image_size)
+    print(ROW_HEADER)
+    for result in results:  # the peer's rows carry the peer's own name
+        print(format_row(result, None if result.name == PEER_NAME else args.config))
+    return 0
+
+
+def cli_export(args: argparse.Namespace) -> int:
+    built = build(args.config, args.checkpoint, overrides=args.overrides, device="cpu")
+    written = export_onnx(built.model, args.out, (args.height, args.width))
+    print(f"wrote {written}")
+    return 0
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    summary = run_demo(args.work_dir, args.overrides)
+    print(json.dumps(summary, indent=2))
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {args.work_dir}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "zoo": cli_zoo, "predict": cli_predict, "test": cli_test, "train": cli_train,
+    "bench": cli_bench, "export": cli_export, "demo": cli_demo,
+}
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted path, e.g. --set train.lr=0.01 "
+                        "or --set model.roi.stages.1.pos_iou=0.65")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="a zoo config name (see `gcnet zoo`) or `gcnet-demo`")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted path, e.g. --set train.lr=0.01")
+    p.add_argument("config", help=SOURCE_HELP)
+    _add_overrides(p)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gcnet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gcnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("zoo", help="list the published models with the seed's numbers")
@@ -25,23 +161,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="detect objects in images, write PNGs and a COCO-style json")
     _add_config(p)
     p.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
-    p.add_argument("--checkpoint", required=True, help="path, URL or zoo name")
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--score-thr", type=float, default=0.3, help="drawing threshold")
-    p.add_argument("--fast", action="store_true",
-                   help=FAST_HELP)
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument("--data", required=True, type=Path, help="COCO instances json")
     p.add_argument("--images", required=True, type=Path, help="image directory")
     p.add_argument("--out", type=Path, default=None, help="write detections (COCO results json)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--fast", action="store_true",
-                   help=FAST_HELP)
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
     _add_config(p)
@@ -55,7 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="inference fps / memory and training step, as the seed measured")
     _add_config(p)
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--compile", action="store_true")
@@ -64,32 +198,26 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=None,
                    help="directory of real images, timed in turn (default: one synthetic 640x427 image)")
     p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
-    p.add_argument("--fast", action="store_true",
-                   help=FAST_HELP)
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("export", help="export to torch.export and ONNX")
     _add_config(p)
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--height", type=int, default=800)
     p.add_argument("--width", type=int, default=1216)
 
     p = sub.add_parser("demo", help="generate the embedded dataset, train, evaluate, visualise")
     p.add_argument("--work-dir", type=Path, default=Path("demo_out"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    from gcnet import tasks
-    from gcnet.checkpoint import CheckpointError
-    from gcnet.data import DatasetError
-
     try:
-        handler = getattr(tasks, f"cli_{args.command}")
-        return int(handler(args) or 0)
-    except (tasks.UserError, DatasetError, CheckpointError) as err:  # messages that name the file and problem
+        return int(COMMANDS[args.command](args) or 0)
+    except (UserError, DatasetError, CheckpointError, ConfigError) as err:  # they name the file and problem
         print(f"gcnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -20,50 +20,14 @@ from typing import Any
 
 import torch
 
-from gcnet.config import (
-    BackboneConfig,
-    Config,
-    DataConfig,
-    FPNConfig,
-    ModelConfig,
-    RoIConfig,
-    RPNConfig,
-    TrainConfig,
-    apply_overrides,
-)
-from gcnet.data import SHAPE_CLASSES, load_image, make_synthetic_coco
-
-DEMO_NAME = "gcnet-demo"
-DEMO_IMAGE_SIZE = (160, 160)
-
-
-def demo_config() -> Config:
-    """A small GC r4 Mask R-CNN for 160x160 images of five shape classes."""
-    width = 16
-    feats = (width, 2 * width, 4 * width, 8 * width)
-    channels = 64
-    model = ModelConfig(
-        backbone=BackboneConfig(
-            depth=18, base_channels=width, gc_ratio=1 / 4, norm="bn", norm_eval=False,
-            frozen_stages=-1, pretrained=None,
-            # this 8-epoch run from random weights learns faster from PyTorch's default init than from
-            # the original's (Kaiming fan_out + zero-initialised last norms): held-out bbox / segm AP
-            # 0.695 / 0.709 vs 0.512 / 0.564 (0.464 / 0.499 without the zero init), same seed
-            scratch_init="pytorch",
-        ),
-        neck=FPNConfig(in_channels=feats, out_channels=channels),
-        rpn=RPNConfig(
-            in_channels=channels, feat_channels=channels, scales=(4.0,),
-            train_nms_pre=300, train_max_per_img=150, test_nms_pre=300, test_max_per_img=150,
-        ),
-        roi=RoIConfig(num_classes=len(SHAPE_CLASSES), in_channels=channels, fc_channels=256,
-                      num_samples=64, max_per_img=50),
-    )
-    data = DataConfig(scale=(DEMO_IMAGE_SIZE[1], DEMO_IMAGE_SIZE[0]), images_per_gpu=4,
-                      workers_per_gpu=1)
-    train = TrainConfig(lr=0.02, grad_clip=10.0, scale_lr=False, warmup_iters=100, epochs=8,
-                        milestones=(6, 7), log_interval=20, eval_interval=8)
-    return Config(name=DEMO_NAME, model=model, data=data, train=train, class_names=SHAPE_CLASSES)
+from gcnet.build import build
+from gcnet.config import apply_overrides
+from gcnet.data import load_image, make_synthetic_coco
+from gcnet.engine import train
+from gcnet.evaluation import evaluate_model
+from gcnet.inference import predict
+from gcnet.visualise import save_visualisation
+from gcnet.zoo import DEMO_IMAGE_SIZE, demo_config
 
 
 def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int = 600,
@@ -72,11 +36,6 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
 
     Returns (and writes to ``work_dir/summary.json``) the AP numbers and the time of each step.
     """
-    from gcnet.engine import train
-    from gcnet.inference import predict
-    from gcnet.tasks import evaluate_model
-    from gcnet.visualise import save_visualisation
-
     work_dir = Path(work_dir)
     # one intra-op thread per core left over by the data worker: on small CPUs more threads than
     # cores make every small conv wait for the others
@@ -105,9 +64,9 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     final = train(cfg, work_dir / "train", resume=(work_dir / "train" / "latest.pth").exists(),
                   device="cpu", evaluate_fn=evaluate)
     times["train_and_eval_s"] = time.perf_counter() - start
+    model = build(final).model  # the checkpoint records the config it was trained with
     if not history:  # resumed after the last epoch had been evaluated: evaluate once more
-        evaluate(_load(cfg, final), cfg.train.epochs)
-    model = _load(cfg, final)
+        evaluate(model, cfg.train.epochs)
     val = json.loads(Path(paths["val_ann"]).read_text())
     for image in val["images"][:num_visualised]:
         rgb = load_image(Path(paths["val_images"]) / image["file_name"])
@@ -121,15 +80,6 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     }
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _load(cfg: Config, checkpoint: Path) -> torch.nn.Module:
-    from gcnet.checkpoint import load_checkpoint
-    from gcnet.models.detector import build_model
-
-    model = build_model(cfg.model, cfg.class_names)
-    load_checkpoint(model, checkpoint)
-    return model.eval()
 
 
 if __name__ == "__main__":

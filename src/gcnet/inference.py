@@ -1,4 +1,5 @@
-"""The user-facing inference call: images in (paths, PIL images, arrays), detections out.
+"""The user-facing inference calls: images in (paths, PIL images, arrays), detections out;
+and predicting into a folder (drawings + a json of the detections).
 
 The lower entry is the detector itself: ``model(batch_tensor, metas)`` on an already normalised,
 padded batch, so results can be compared with the original on the very same input tensor.
@@ -6,17 +7,23 @@ padded batch, so results can be compared with the original on the very same inpu
 
 from __future__ import annotations
 
+import collections
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
-from gcnet.config import DataConfig
 from gcnet.data import collate, load_image, preprocess
+from gcnet.data.config import DataConfig
+from gcnet.errors import UserError
+from gcnet.evaluation import encode_masks
 from gcnet.structures import Detections
+from gcnet.visualise import save_visualisation
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -93,3 +100,59 @@ def _same_padded_size(samples: list, divisor: int, batch_size: int) -> Iterable[
             yield indices[start : start + batch_size]
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def expand_image_paths(paths: Sequence[Path]) -> list[Path]:
+    """Image files to predict on: files as given, directories as their image files (sorted, not
+    recursive). Checked before any work starts, so a typo fails at once with the path named."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: directory has no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such image file or directory")
+    return files
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """One PNG name per image: its stem, made unique when two inputs share one (a/1.jpg, b/1.jpg)."""
+    stems = [p.stem for p in paths]
+    uses = collections.Counter(stems)
+    return [f"{s}.png" if uses[s] == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
+
+
+def predict_to_dir(
+    model: torch.nn.Module,
+    images: Sequence[Path],
+    out_dir: Path,
+    data_cfg: DataConfig = DataConfig(),
+    score_thr: float = 0.3,
+) -> Path:
+    """Write one PNG per image (masks, boxes, names, scores) and ``detections.json``; ``images``
+    may name files and directories (see :func:`expand_image_paths`)."""
+    images = expand_image_paths(images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    names_out = _output_names(images)
+    for index, path in enumerate(tqdm(images, desc="predict", dynamic_ncols=True)):
+        rgb = to_rgb_array(path)
+        det = predict(model, rgb, data_cfg)[0]
+        save_visualisation(rgb, det, out_dir / names_out[index], score_thr)
+        rles = encode_masks(det.masks) if det.masks is not None else [None] * len(det)
+        names = det.label_names
+        for k in range(len(det)):
+            x1, y1, x2, y2 = det.boxes[k].tolist()
+            item = {"image_id": index, "file_name": str(path), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(det.scores[k]), "label": int(det.labels[k]), "category_name": names[k]}
+            if rles[k] is not None:
+                item["segmentation"] = rles[k]
+            records.append(item)
+    json_path = out_dir / "detections.json"
+    json_path.write_text(json.dumps(records))
+    return json_path

@@ -20,11 +20,15 @@ from gcnet.config import (
     COCO_CLASSES,
     BackboneConfig,
     Config,
+    DataConfig,
+    FPNConfig,
     ModelConfig,
     RoIConfig,
     RPNConfig,
+    TrainConfig,
     cascade_stages,
 )
+from gcnet.data.synthetic import SHAPE_CLASSES
 
 __all__ = [
     "ZOO",
@@ -41,6 +45,8 @@ __all__ = [
     "get_config",
     "get_entry",
     "list_models",
+    "DEMO_NAME",
+    "demo_config",
 ]
 
 Stages = tuple[bool, bool, bool, bool]  # one flag per backbone stage, c2..c5
@@ -417,5 +423,47 @@ def get_entry(name: str) -> ZooEntry:
 
 
 def get_config(name: str) -> Config:
-    """The :class:`Config` of a zoo model; unknown names raise with the closest matches listed."""
-    return get_entry(name).config
+    """The :class:`Config` of a zoo model or of ``gcnet-demo``; unknown names raise with the
+    closest matches listed."""
+    return demo_config() if name == DEMO_NAME else get_entry(name).config
+
+
+# ---- the embedded default ----------------------------------------------------------------------
+# Not a published model: the small GC r4 Mask R-CNN that `gcnet demo` trains on the synthetic shapes
+# set. Same architecture as the published models (GC r4 in every block of c3-c5, FPN, RPN, shared-2fc
+# box head, FCN mask head), only smaller (ResNet-18 layout, base width 16, FPN 64 channels, 64 sampled
+# RoIs per image) and on 160x160 images, so that it trains on a 2-core CPU in minutes. In ResNet-18's
+# basic blocks the GC block sits after conv2 -> bn2, the block's last conv, as after conv3 in a
+# bottleneck. The backbone starts from random weights, so BN trains and no stage is frozen.
+
+DEMO_NAME = "gcnet-demo"
+DEMO_IMAGE_SIZE = (160, 160)
+
+
+def demo_config() -> Config:
+    """A small GC r4 Mask R-CNN for 160x160 images of five shape classes."""
+    width = 16
+    feats = (width, 2 * width, 4 * width, 8 * width)
+    channels = 64
+    model = ModelConfig(
+        backbone=BackboneConfig(
+            depth=18, base_channels=width, gc_ratio=1 / 4, norm="bn", norm_eval=False,
+            frozen_stages=-1, pretrained=None,
+            # this 8-epoch run from random weights learns faster from PyTorch's default init than from
+            # the original's (Kaiming fan_out + zero-initialised last norms): held-out bbox / segm AP
+            # 0.695 / 0.709 vs 0.512 / 0.564 (0.464 / 0.499 without the zero init), same seed
+            scratch_init="pytorch",
+        ),
+        neck=FPNConfig(in_channels=feats, out_channels=channels),
+        rpn=RPNConfig(
+            in_channels=channels, feat_channels=channels, scales=(4.0,),
+            train_nms_pre=300, train_max_per_img=150, test_nms_pre=300, test_max_per_img=150,
+        ),
+        roi=RoIConfig(num_classes=len(SHAPE_CLASSES), in_channels=channels, fc_channels=256,
+                      num_samples=64, max_per_img=50),
+    )
+    data = DataConfig(scale=(DEMO_IMAGE_SIZE[1], DEMO_IMAGE_SIZE[0]), images_per_gpu=4,
+                      workers_per_gpu=1)
+    train = TrainConfig(lr=0.02, grad_clip=10.0, scale_lr=False, warmup_iters=100, epochs=8,
+                        milestones=(6, 7), log_interval=20, eval_interval=8)
+    return Config(name=DEMO_NAME, model=model, data=data, train=train, class_names=SHAPE_CLASSES)

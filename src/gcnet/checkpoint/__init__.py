@@ -23,11 +23,12 @@ from gcnet.checkpoint.io import (
     save_checkpoint,
     unwrap_model,
 )
-from gcnet.checkpoint.load import checkpoint_class_names, load_checkpoint
+from gcnet.checkpoint.load import load_checkpoint, load_state_dict_checked, recorded_class_names
 from gcnet.checkpoint.structure import BackboneStructure, backbone_structure
 
 __all__ = [
     "BackboneStructure", "CheckpointError", "PRETRAINED_URLS", "atomic_copy", "atomic_write",
-    "backbone_structure", "checkpoint_class_names", "default_cache_dir", "download", "load_checkpoint", "read_checkpoint",
+    "backbone_structure", "default_cache_dir", "download", "load_checkpoint", "load_state_dict_checked",
+    "read_checkpoint", "recorded_class_names",
     "resolve_url", "safe_torch_load", "save_checkpoint", "sha256_prefix_in_name", "unwrap_model",
 ]

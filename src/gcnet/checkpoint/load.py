@@ -6,9 +6,10 @@ import os
 import re
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from gcnet.checkpoint.remote import download
 from gcnet.checkpoint.io import (
@@ -39,12 +40,41 @@ def _locate(path_or_url: PathLike) -> Path:
     return Path(text)
 
 
-def checkpoint_class_names(path_or_url: PathLike) -> tuple[str, ...] | None:
-    """The class names a checkpoint was trained with (our ``class_names`` or the original's
-    ``CLASSES`` in ``meta``), or None when it does not say."""
-    _, meta = read_checkpoint(_locate(path_or_url))
-    names = meta.get("class_names") or meta.get("CLASSES") if isinstance(meta, dict) else None
+def recorded_class_names(meta: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The class names a checkpoint's ``meta`` records (our ``class_names`` or the original's
+    ``CLASSES``), or None when it does not say."""
+    names = meta.get("class_names") or meta.get("CLASSES")
     return tuple(str(n) for n in names) if names else None
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str, strict: bool = True
+) -> None:
+    """Copy ``state_dict`` (as :func:`read_checkpoint` returns it) into ``model``: legacy DCN keys
+    upgraded, the backbone's structure compared, keys and shapes checked (see :func:`load_checkpoint`).
+    ``source`` names the file in every message."""
+    target = unwrap_model(model)
+    own = target.state_dict()
+    state_dict = upgrade_legacy_dcn_keys(state_dict, own)
+    check_backbone(own, state_dict, source)
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if shapes or (strict and (missing or unexpected)):
+        raise CheckpointError(
+            f"{source}: checkpoint does not match the model"
+            + _listing("missing keys (in the model, not in the file)", missing)
+            + _listing("unexpected keys (in the file, not in the model)", unexpected)
+            + _listing("shape mismatches", shapes)
+        )
+    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    if missing or unexpected:
+        warnings.warn(
+            f"{source}: loaded non-strictly; {len(missing)} missing and {len(unexpected)} unexpected keys"
+            + _listing("missing", missing, 10) + _listing("unexpected", unexpected, 10),
+            stacklevel=3,
+        )
 
 
 def load_checkpoint(
@@ -58,26 +88,5 @@ def load_checkpoint(
     """
     path = _locate(path_or_url)
     state_dict, meta = read_checkpoint(path, map_location=map_location)
-    target = unwrap_model(model)
-    own = target.state_dict()
-    state_dict = upgrade_legacy_dcn_keys(state_dict, own)
-    check_backbone(own, state_dict, str(path))
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    if shapes or (strict and (missing or unexpected)):
-        raise CheckpointError(
-            f"{path}: checkpoint does not match the model"
-            + _listing("missing keys (in the model, not in the file)", missing)
-            + _listing("unexpected keys (in the file, not in the model)", unexpected)
-            + _listing("shape mismatches", shapes)
-        )
-    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    if missing or unexpected:
-        warnings.warn(
-            f"{path}: loaded non-strictly; {len(missing)} missing and {len(unexpected)} unexpected keys"
-            + _listing("missing", missing, 10) + _listing("unexpected", unexpected, 10),
-            stacklevel=2,
-        )
+    load_state_dict_checked(model, state_dict, str(path), strict)
     return meta

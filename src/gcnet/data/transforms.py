@@ -24,7 +24,6 @@ Masks use OpenCV's INTER_NEAREST rule: source index ``floor(d * scale)`` clamped
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from gcnet.data.config import DataConfig
-from gcnet.structures import ImageMeta
+from gcnet.structures import ImageMeta, round_up_shape
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -195,6 +194,4 @@ def preprocess(
 
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     """(h, w) rounded up to a multiple of ``divisor`` (the original's Pad(size_divisor=32))."""
-    if divisor <= 0:
-        return height, width
-    return int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor)
+    return round_up_shape((height, width), divisor)

@@ -11,7 +11,7 @@ from gcnet.engine.distributed import (
     unwrap,
     wrap_ddp,
 )
-from gcnet.engine.launch import train
+from gcnet.engine.launch import train, with_dataset_classes
 from gcnet.engine.logger import TrainLogger
 from gcnet.engine.schedule import LRSchedule, build_optimizer, lr_at, scaled_lr, total_batch_size
 from gcnet.engine.sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
@@ -22,5 +22,5 @@ __all__ = [
     "TrainLogger", "TrainState", "Trainer", "build_optimizer", "capture_rng_state",
     "convert_sync_batchnorm", "find_free_port", "get_rank", "get_world_size", "init_distributed",
     "lr_at", "restore_rng_state", "scaled_lr", "seed_everything", "sum_losses",
-    "teardown_distributed", "total_batch_size", "train", "unwrap", "wrap_ddp",
+    "teardown_distributed", "total_batch_size", "train", "unwrap", "with_dataset_classes", "wrap_ddp",
 ]

@@ -12,9 +12,11 @@ from typing import Optional
 
 import torch
 
-from gcnet.config import Config
+from gcnet.config import Config, with_class_names
+from gcnet.data import CocoDetection, GroupedBatchSampler, collate, read_coco_json
 from gcnet.engine.distributed import init_distributed, teardown_distributed
 from gcnet.engine.trainer import EvaluateFn, Trainer, seed_everything
+from gcnet.models.detector import build_model
 
 
 def train(
@@ -31,9 +33,6 @@ def train(
     or skip inside it as needed). ImageNet weights come from the model builder
     (``cfg.model.backbone.pretrained``; None = random init).
     """
-    from gcnet.data import CocoDetection, GroupedBatchSampler, collate
-    from gcnet.models.detector import build_model
-
     if cfg.data.train_ann is None or cfg.data.train_images is None:
         raise ValueError("train: cfg.data.train_ann and cfg.data.train_images must be set "
                          "(e.g. --set data.train_ann=.../instances_train2017.json)")
@@ -69,3 +68,17 @@ def train(
     finally:
         if owns_group:
             teardown_distributed()
+
+
+def with_dataset_classes(cfg: Config) -> Config:
+    """``cfg`` with the class names (and head size) of its training set's categories, sorted by
+    id as the dataset maps them, so that own COCO-format data trains without editing a config."""
+    if cfg.data.train_ann is None:
+        return cfg
+    categories = sorted(read_coco_json(cfg.data.train_ann)["categories"], key=lambda c: c["id"])
+    names = tuple(str(c["name"]) for c in categories)
+    if names == cfg.class_names:
+        return cfg
+    print(f"training on the {len(names)} categories of {cfg.data.train_ann} instead of the config's "
+          f"{len(cfg.class_names)}")
+    return with_class_names(cfg, names)

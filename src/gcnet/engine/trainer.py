@@ -10,7 +10,6 @@ cuDNN weight gradients), which makes even two uninterrupted GPU runs drift apart
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gcnet.config import Config
+from gcnet.config import Config, config_to_dict
 from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
 from gcnet.engine.distributed import (
     all_gather_object,
@@ -325,11 +324,11 @@ class Trainer:
             "epoch": st.epoch,
             "iter": st.iter,
             "global_step": st.global_step,
-            "config": dataclasses.asdict(self.cfg),
         }
         names = getattr(self.module, "class_names", self.cfg.class_names)
+        # the whole config travels with the weights: gcnet.build restores it (test pipeline, classes)
         meta = {"epoch": st.epoch, "iter": st.global_step, "class_names": list(names),
-                "config_name": self.cfg.name}
+                "config_name": self.cfg.name, "config": config_to_dict(self.cfg)}
         path = self.checkpointer.save(self.module, meta, extra, epoch_file)
         barrier()
         return path

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gcnet.boxes import AnchorGenerator
-from gcnet.config import RPNConfig
+from gcnet.models.config import RPNConfig
 
 
 class RPNHead(nn.Module):

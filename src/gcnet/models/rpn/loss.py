@@ -17,7 +17,7 @@ from gcnet.boxes import (
     l1_loss,
     smooth_l1_loss,
 )
-from gcnet.config import RPNConfig
+from gcnet.models.config import RPNConfig
 from gcnet.models.rpn.levels import flatten_levels, level_anchors
 from gcnet.structures import ImageMeta, Targets
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from gcnet.boxes import AnchorGenerator, DeltaXYWHBBoxCoder, batched_nms
-from gcnet.config import RPNConfig
+from gcnet.models.config import RPNConfig
 from gcnet.models.rpn.levels import flatten_levels, level_anchors
 from gcnet.structures import ImageMeta
 
