@@ -20,7 +20,7 @@ import platform
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -119,8 +119,8 @@ def synthetic_input(
     gen = torch.Generator().manual_seed(seed)
     images = torch.zeros(batch_size, 3, hp, wp)
     images[:, :, :h, :w] = torch.randn(batch_size, 3, h, w, generator=gen)
-    meta = ImageMeta(img_shape=(h, w), ori_shape=tuple(image_size), scale_factor=(w / image_size[1], h / image_size[0]),
-                     pad_shape=(hp, wp))
+    meta = ImageMeta(img_shape=(h, w), ori_shape=cast("tuple[int, int]", tuple(image_size)),
+                     scale_factor=(w / image_size[1], h / image_size[0]), pad_shape=(hp, wp))
     return images, [meta] * batch_size
 
 
@@ -144,7 +144,7 @@ def _maybe_compile(model: nn.Module, compile: Union[bool, CompileScope]) -> nn.M
     if not compile:
         return model
     if not hasattr(model, "roi_head"):  # a peer or stand-in: whole-module compile
-        return torch.compile(model)
+        return cast(nn.Module, torch.compile(model))  # a module compiles to a module (OptimizedModule)
     return compile_detector(model, "full" if compile is True else compile)
 
 
@@ -186,7 +186,7 @@ def benchmark_inference(
         device=str(device),
         dtype=dtype,
         compiled=bool(compile),
-        input_shape=tuple(batches[0][0].shape[-2:]),
+        input_shape=cast("tuple[int, int]", tuple(batches[0][0].shape[-2:])),
         batch_size=1,
         times_ms=tuple(times),
         peak_mem_mb=meter.peak_mb,
@@ -267,7 +267,7 @@ def benchmark_training_step(
         device=str(device),
         dtype=dtype,
         compiled=bool(compile),
-        input_shape=tuple(images.shape[-2:]),
+        input_shape=cast("tuple[int, int]", tuple(images.shape[-2:])),
         batch_size=batch_size,
         times_ms=tuple(times),
         peak_mem_mb=meter.peak_mb,
@@ -330,7 +330,10 @@ def benchmark_peer(
     times, counts, meter = _timed_loop(step, device, warmup, iters, keep=lambda out: [len(d["boxes"]) for d in out])
     dets = [n for per_image in counts for n in per_image]
     with torch.inference_mode():
-        shape = peer.transform([image])[0].tensors.shape[-2:] if hasattr(peer, "transform") else image.shape[-2:]
+        if hasattr(peer, "transform"):  # torchvision's GeneralizedRCNNTransform (resize and pad)
+            shape = cast(nn.Module, peer.transform)([image])[0].tensors.shape[-2:]
+        else:
+            shape = image.shape[-2:]
     return BenchResult(
         name=name,
         mode="inference",

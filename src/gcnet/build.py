@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -186,7 +186,7 @@ def build(
         model = model.to(device)
     model = model.eval()
     if fast:
-        model = prepare_for_inference(model)
+        model = cast(TwoStageDetector, prepare_for_inference(model))  # a tuned copy of the same class
     return BuiltDetector(model, cfg, path)
 
 

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -133,7 +133,8 @@ class FastConv2d(nn.Conv2d):
         return super().forward(x)
 
     def _nnpack(self, x: Tensor, per_image: bool) -> Tensor:
-        weight, pad = self.weight.contiguous(), list(self.padding)
+        # cpu_conv_kernel sends only (1, 1)-padded convs here, never a string padding
+        weight, pad = self.weight.contiguous(), list(cast("tuple[int, ...]", self.padding))
         if not per_image:
             return torch._nnpack_spatial_convolution(to_nchw(x), weight, self.bias, pad)
         # NNPACK's batched algorithm is slower than its single-image one on large maps: loop the batch
@@ -151,9 +152,9 @@ def use_fast_convs(model: nn.Module) -> int:
     return changed
 
 
-def _frozen_bn_types() -> tuple[type, ...]:
+def _frozen_bn_types() -> tuple[type[nn.Module], ...]:
     """Norm classes with fixed statistics that can be folded (ours and torchvision's)."""
-    types: list[type] = [nn.BatchNorm2d]
+    types: list[type[nn.Module]] = [nn.BatchNorm2d]
     try:
         from gcnet.layers import FrozenBatchNorm2d
 
@@ -175,12 +176,16 @@ def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         return fuse_conv_bn_eval(conv, norm)
-    scale = norm.weight * torch.rsqrt(norm.running_var + float(getattr(norm, "eps", 1e-5)))
+    # A frozen norm (ours or torchvision's): its statistics and affine parameters are tensor buffers.
+    weight, beta, mean, var = (
+        cast(Tensor, getattr(norm, k)) for k in ("weight", "bias", "running_mean", "running_var")
+    )
+    scale = weight * torch.rsqrt(var + float(getattr(norm, "eps", 1e-5)))
     fused = copy.deepcopy(conv)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
     with torch.no_grad():
         fused.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
-        fused.bias = nn.Parameter(((bias - norm.running_mean) * scale + norm.bias).to(conv.weight.dtype))
+        fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(conv.weight.dtype))
     return fused
 
 
@@ -254,29 +259,30 @@ def compile_detector(
         raise ValueError(f"compile_detector: scope must be 'full' or 'static', got {scope!r}")
     if freeze and backend != "inductor":
         raise ValueError(f"compile_detector: freeze=True needs backend='inductor', got {backend!r}")
-    options = {"freezing": True} if freeze else None
+    options: dict[str, Any] | None = {"freezing": True} if freeze else None
 
     def comp(m: nn.Module) -> nn.Module:
-        return torch.compile(m, backend=backend, options=options)
+        # compiling a module returns a module (OptimizedModule); the stub types only the callable case
+        return cast(nn.Module, torch.compile(m, backend=backend, options=options))
 
     if scope == "full":
         return comp(model)
     for child in ("backbone", "neck", "rpn_head", "roi_head"):
         if not hasattr(model, child):
             raise TypeError(f"compile_detector: model has no {child!r}; expected a gcnet TwoStageDetector")
-    rpn = model.rpn_head
+    rpn = cast(nn.Module, model.rpn_head)
     rpn = _with_children(rpn, {k: comp(getattr(rpn, k)) for k in ("rpn_conv", "rpn_cls", "rpn_reg")})
-    heads = {}
+    roi_head = cast(nn.Module, model.roi_head)
+    heads: dict[str, nn.Module] = {}
     for attr in ("bbox_head", "mask_head"):
-        head = getattr(model.roi_head, attr, None)
+        head = getattr(roi_head, attr, None)
         if isinstance(head, nn.ModuleList):
             heads[attr] = nn.ModuleList(comp(h) for h in head)
         elif head is not None:
             heads[attr] = comp(head)
-    roi = _with_children(model.roi_head, heads)
-    return _with_children(
-        model, {"backbone": comp(model.backbone), "neck": comp(model.neck), "rpn_head": rpn, "roi_head": roi}
-    )
+    roi = _with_children(roi_head, heads)
+    backbone, neck = cast(nn.Module, model.backbone), cast(nn.Module, model.neck)
+    return _with_children(model, {"backbone": comp(backbone), "neck": comp(neck), "rpn_head": rpn, "roi_head": roi})
 
 
 # ------------------------------------------------------------------------------------ measurement

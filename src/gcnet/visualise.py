@@ -35,8 +35,8 @@ def draw_detections(
             mask = detections.masks[i].cpu().numpy().astype(bool)
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"mask {i} has shape {mask.shape}, image is {image.shape[:2]}")
-            colour = np.array(class_colour(int(detections.labels[i])), dtype=np.float32)
-            canvas[mask] = canvas[mask] * (1.0 - mask_alpha) + colour * mask_alpha
+            tint = np.array(class_colour(int(detections.labels[i])), dtype=np.float32)
+            canvas[mask] = canvas[mask] * (1.0 - mask_alpha) + tint * mask_alpha
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from gcnet.checkpoint.io import CheckpointError
 
-_DEPTHS = {
+_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
     (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152,
     (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
 }

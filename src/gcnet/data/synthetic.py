@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,9 +27,9 @@ SizeSpec = Union[tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]
 
 def _image_size(rng: np.random.Generator, spec: SizeSpec) -> tuple[int, int]:
     if isinstance(spec[0], (tuple, list)):
-        (h0, h1), (w0, w1) = spec  # type: ignore[misc]
+        (h0, h1), (w0, w1) = spec
         return int(rng.integers(h0, h1 + 1)), int(rng.integers(w0, w1 + 1))
-    return int(spec[0]), int(spec[1])  # type: ignore[arg-type]
+    return int(spec[0]), int(spec[1])
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -40,7 +40,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == 0:
         coarse = rng.uniform(-35, 35, size=(max(2, h // 16), max(2, w // 16))).astype(np.float32)
-        field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))
+        # Pillow sets its constants at run time, hidden from its type hints (9.0 has no Image.Resampling).
+        field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))  # type: ignore[attr-defined]
     elif kind == 1:
         angle = rng.uniform(0, 2 * math.pi)
         t = (xx * math.cos(angle) + yy * math.sin(angle)) / max(h, w)
@@ -208,7 +209,8 @@ def make_synthetic_coco(
             continue
         rng = np.random.default_rng([seed, offset])
         out[f"{split}_ann"], out[f"{split}_images"] = _write_split(
-            root, split, num, rng, params, image_size, max_objects, tuple(object_size), min_visible, class_colours
+            root, split, num, rng, params, image_size, max_objects, cast("tuple[int, int]", tuple(object_size)),
+            min_visible, class_colours,
         )
     return out
 

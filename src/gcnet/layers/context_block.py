@@ -9,6 +9,7 @@ context modelling (attention or average pooling) -> transform (1x1 conv, LayerNo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -91,11 +92,14 @@ class ContextBlock(nn.Module):
         """Original init: conv_mask Kaiming-normal (fan_in, ReLU gain), bias 0; last fusion conv 0."""
         if self.conv_mask is not None:
             nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
+            assert self.conv_mask.bias is not None  # built with bias=True
             nn.init.zeros_(self.conv_mask.bias)
         for fusion in (self.channel_add_conv, self.channel_mul_conv):
             if fusion is not None:
-                nn.init.zeros_(fusion[3].weight)
-                nn.init.zeros_(fusion[3].bias)
+                last = cast(nn.Conv2d, fusion[3])  # _transform's last 1x1 conv
+                assert last.bias is not None
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def spatial_pool(self, x: Tensor) -> Tensor:
         """Global context [N, C, 1, 1]: softmax-weighted (``att``) or plain (``avg``) mean over H*W."""

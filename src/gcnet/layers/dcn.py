@@ -86,6 +86,7 @@ class DeformConv2dPack(nn.Module):
         """Weight as nn.Conv2d initialises it (overwritten by ImageNet weights); offsets zero."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.zeros_(self.conv_offset.weight)
+        assert self.conv_offset.bias is not None  # built with bias=True
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -21,6 +21,12 @@ class FrozenBatchNorm2d(nn.Module):
     state_dict has exactly BatchNorm2d's five entries and loads either way.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features

@@ -166,7 +166,8 @@ def _plural(annotation: Any) -> str:
 def check_fields(obj: object, bounds: Optional[Mapping[str, Bound]] = None, non_empty: tuple[str, ...] = ()) -> None:
     """Check every field of ``obj`` against its annotation, and the listed ones against a range
     (every item, for tuples) or for being empty; raise the first problem as a ConfigError."""
-    for name, annotation in field_types(type(obj)).items():
+    cls: type = type(obj)  # as `type`: mypy takes type[object] for unhashable (the cache key)
+    for name, annotation in field_types(cls).items():
         value = getattr(obj, name)
         bound = (bounds or {}).get(name)
         typed = conforms(value, annotation)

@@ -7,7 +7,7 @@ Layout and key names are the original's (mmdet ``ResNet``/``ResNeXt``, style 'py
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -193,9 +193,14 @@ class ResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, DeformConv2dPack):
                 module.conv_offset.weight.zero_()
+                assert module.conv_offset.bias is not None  # built with bias=True
                 module.conv_offset.bias.zero_()
             if zero_init_residual and isinstance(module, _ResidualBlock):
-                last = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+                # A build_norm layer (a BatchNorm, possibly converted to SyncBN, or a frozen one).
+                last = cast(
+                    "nn.modules.batchnorm._BatchNorm | FrozenBatchNorm2d",
+                    module.bn3 if isinstance(module, Bottleneck) else module.bn2,
+                )
                 last.weight.zero_()
                 last.bias.zero_()
 

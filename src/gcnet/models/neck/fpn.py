@@ -51,6 +51,7 @@ class FPN(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
+                assert module.bias is not None  # every FPN conv has a bias
                 nn.init.zeros_(module.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:

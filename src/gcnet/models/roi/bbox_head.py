@@ -7,6 +7,8 @@ class-specific (``4 * num_classes``, columns 4c..4c+3 for class c; Mask R-CNN) o
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +41,7 @@ class Shared2FCBBoxHead(nn.Module):
     def reset_parameters(self) -> None:
         """The original's init: Xavier-uniform shared FCs, Normal(0.01) cls, Normal(0.001) reg, zero biases."""
         for fc in self.shared_fcs:
+            fc = cast(nn.Linear, fc)
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
         nn.init.normal_(self.fc_cls.weight, std=0.01)

@@ -8,7 +8,7 @@ instead rescaled before NMS; the two agree up to float rounding (spec section 6.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +79,7 @@ def to_detections(
 
 def label_mask_probs(
     extractor: RoIExtractor,
-    heads: Sequence[nn.Module],
+    heads: Iterable[nn.Module],
     feats: Sequence[Tensor],
     kept: Sequence[Kept],
     mask_size: int,

@@ -19,6 +19,7 @@ class ConvReLU(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         # ConvModule's init: kaiming normal, fan_out, ReLU gain, bias 0.
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        assert self.conv.bias is not None  # built with bias=True
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,6 +48,7 @@ class FCNMaskHead(nn.Module):
         self.conv_logits = nn.Conv2d(conv_channels, num_classes, 1)
         for m in (self.upsample, self.conv_logits):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            assert m.bias is not None  # built with bias=True
             nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:

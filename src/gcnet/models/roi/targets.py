@@ -8,7 +8,7 @@ RoIs are positives first, negatives after.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,8 +174,9 @@ def mask_branch_loss(
     """Mask loss of one stage: the mask head on the positives, targets from their assigned gts."""
     pos_rois = boxes_to_rois([s.pos_boxes for s in samples])
     logits = mask_head(extractor(feats, pos_rois))
+    # The heads' input checks reject targets without masks when there is a mask branch.
     goal = torch.cat(
-        [mask_targets(t.masks, s.pos_boxes, s.pos_gt_inds, mask_size) for s, t in zip(samples, targets)]
+        [mask_targets(cast(Tensor, t.masks), s.pos_boxes, s.pos_gt_inds, mask_size) for s, t in zip(samples, targets)]
     )
     labels = torch.cat([s.pos_labels for s in samples])
     return mask_loss(logits, goal.to(logits.device), labels)

@@ -27,6 +27,7 @@ class RPNHead(nn.Module):
         """Normal(0, 0.01) weights, zero biases (the original's RPN init)."""
         for conv in (self.rpn_conv, self.rpn_cls, self.rpn_reg):
             nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            assert conv.bias is not None  # built with bias=True
             nn.init.zeros_(conv.bias)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
