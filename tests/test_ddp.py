@@ -84,7 +84,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow  # spawns 2 processes (~5-15 s to start)
 def test_all_reduce_max_gives_every_rank_the_maximum(out_dir: Path) -> None:
     for rank in (0, 1):
-        assert torch.load(out_dir / f"max_{rank}.pt").tolist() == [20.0, 5.0]
+        assert torch.load(out_dir / f"max_{rank}.pt", weights_only=True).tolist() == [20.0, 5.0]
 
 
 @pytest.mark.slow

@@ -10,19 +10,23 @@ Every write goes through :func:`atomic_write`, so a crash midway never leaves ha
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import functools
 import os
 import pickle
 import re
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.torch_version import TorchVersion
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,22 +52,52 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- reading
 
 
-def _numpy_safe_globals() -> list[Any]:
-    """Numpy types old metadata may hold (scalars, arrays, dtypes), under old and new module names."""
+_TORCH_TAKES_NAMED_GLOBALS = TorchVersion(torch.__version__) >= "2.6"  # (obj, "module.name") pairs
+
+
+def _named(obj: Callable[..., Any], full_name: str) -> Any:
+    """``obj`` as the safe global ``full_name`` (``module.name``), on every torch we support.
+
+    torch >= 2.6 takes ``(obj, full_name)`` pairs; older ones key the allow-list by the object's
+    own ``__module__``/``__name__``, so a function that a file names differently (numpy 1 wrote
+    ``numpy.core.multiarray``, numpy 2 has ``numpy._core.multiarray``) gets a forwarding alias that
+    carries that name. Classes cannot be aliased (instances are checked by type): pairs only.
+    """
+    module, _, name = full_name.rpartition(".")
+    if (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) == (module, name):
+        return obj
+    if isinstance(obj, type):
+        if _TORCH_TAKES_NAMED_GLOBALS:
+            return (obj, full_name)
+        raise TypeError(f"trusted global {full_name!r}: a class under another name needs torch >= 2.6 "
+                        f"(this is {torch.__version__})")
+
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        return obj(*args, **kwargs)
+
+    alias.__module__, alias.__name__, alias.__qualname__ = module, name, name
+    return alias
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_safe_globals() -> tuple[Any, ...]:
+    """Numpy types old metadata may hold (scalars, arrays, dtypes), under old and new module names,
+    plus ``codecs.encode``: protocol-2 pickles write bytes through it (torch >= 2.5 allows it by
+    default). Built once, so that the same alias objects are added and removed on every load."""
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
-        return []
+        return ()
     core = getattr(np, "_core", None) or np.core
-    out: list[Any] = [np.ndarray, np.dtype]
+    out: list[Any] = [np.ndarray, np.dtype, codecs.encode]
     for fn_name in ("_reconstruct", "scalar"):
         fn = getattr(core.multiarray, fn_name)
-        out += [(fn, f"numpy.core.multiarray.{fn_name}"), (fn, f"numpy._core.multiarray.{fn_name}")]
+        out += [_named(fn, f"numpy.core.multiarray.{fn_name}"), _named(fn, f"numpy._core.multiarray.{fn_name}")]
     # unpickling a dtype rebuilds an instance of its concrete class (numpy.dtypes.Float64DType...)
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         out += [t for t in vars(dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
-    return out
+    return tuple(out)
 
 
 def _refused_global(message: str) -> Optional[str]:
@@ -71,12 +105,28 @@ def _refused_global(message: str) -> Optional[str]:
     return None if match is None else (match.group(1) or match.group(2))
 
 
-def _allow(extra: list[Any]) -> contextlib.AbstractContextManager:
-    """Allow ``extra`` for one load only (torch < 2.5 has no allow-list: plain data only)."""
-    if not hasattr(torch.serialization, "safe_globals"):
-        return contextlib.nullcontext()
-    already = torch.serialization.get_safe_globals()
-    return torch.serialization.safe_globals([g for g in extra if g not in already])
+# torch's allow-list is process-wide (torch.serialization.safe_globals too): one lock serialises
+# our loads, so that one load's clean-up never removes an entry that another of ours still needs.
+_ALLOW_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _allow(extra: Sequence[Any]) -> Iterator[None]:
+    """Allow ``extra`` for one load only: what was not allowed before is added, and removed again
+    afterwards (also on error), so a load accepts the same globals on every torch we support and
+    nothing stays allowed for later ``torch.load`` calls. Other threads' ``torch.load`` may see the
+    extras while a load of ours runs; entries others add meanwhile are kept."""
+    serialization = torch.serialization
+    with _ALLOW_LOCK:
+        before = list(serialization.get_safe_globals())  # torch 2.4 hands out its live list
+        added = [g for g in extra if g not in before]
+        serialization.add_safe_globals(added)
+        try:
+            yield
+        finally:
+            keep = [g for g in serialization.get_safe_globals() if not any(g is a for a in added)]
+            serialization.clear_safe_globals()
+            serialization.add_safe_globals(keep)
 
 
 def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence[Any] = ()) -> Any:
@@ -91,8 +141,9 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle; starts with {head!r})"
         )
+    trusted_named = [_named(*g) if isinstance(g, tuple) else g for g in trusted]
     try:
-        with _allow(_numpy_safe_globals() + list(trusted)):
+        with _allow([*_numpy_safe_globals(), *trusted_named]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         name = _refused_global(str(err))
