@@ -6,6 +6,10 @@ several times faster (see benchmarks/RESULTS.md); pycocotools otherwise. As the 
 standard stats use maxDets (1, 10, 100); the original sets (100, 300, 1000), which gives the
 same AP when at most 100 detections per image are kept (its max_per_img), but labels its AR
 stats @100/@300/@1000.
+
+The arrays ``accumulate()`` computed (precision per IoU, recall threshold, category, area range and
+maxDets) are kept in :attr:`CocoStats.details`, so per-class AP and PR curves are slices of this
+one evaluation (:mod:`gcnet.evaluation.per_class`), not a second run.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import contextlib
 import copy
 import io
 import os
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence, Union
+
+import numpy as np
 
 Backend = Literal["auto", "faster", "pycocotools"]
 
@@ -35,10 +43,35 @@ _STAT_ROWS: tuple[tuple[str, str, str, str], ...] = (
 _MAX_DETS = (100, 100, 100, 100, 100, 100, 1, 10, 100, 100, 100, 100)
 
 
-class CocoStats(dict):
-    """``{iou_type: [12 COCO stats]}`` with the printed summary table as ``.table``."""
+@dataclass(frozen=True)
+class EvalArrays:
+    """What COCOeval's ``accumulate()`` computed for one iou type, with the names to read it by."""
 
-    table: str = ""
+    precision: np.ndarray  # [T iou thresholds, R recall thresholds, K categories, A areas, M maxDets]; -1 = no gt
+    recall: np.ndarray  # [T, K, A, M]; -1 = no gt
+    iou_thrs: np.ndarray  # [T]
+    rec_thrs: np.ndarray  # [R]
+    cat_ids: tuple[int, ...]  # [K], ascending
+    cat_names: tuple[str, ...]  # [K]
+    area_labels: tuple[str, ...]  # [A]: all, small, medium, large
+    max_dets: tuple[int, ...]  # [M]: 1, 10, 100
+    num_gt: tuple[int, ...]  # [K] non-crowd ground-truth instances per category
+    image_ids: tuple[int, ...]  # the images evaluated
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+
+class CocoStats(dict):
+    """``{iou_type: [12 COCO stats]}``; ``.table`` holds the printed summary, ``.details`` the
+    :class:`EvalArrays` of each iou type, ``.backend`` the evaluator that ran."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.table = ""
+        self.backend = ""
+        self.details: dict[str, EvalArrays] = {}
 
 
 def faster_available() -> bool:
@@ -112,6 +145,26 @@ def _results_for(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[
     return out
 
 
+def _arrays(evaluator: Any, gt: Any) -> EvalArrays:
+    """Copy the accumulated arrays out of an evaluator (both backends use pycocotools' layout)."""
+    params = evaluator.params
+    cat_ids = tuple(int(c) for c in params.catIds)
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt.dataset.get("categories", [])}
+    counted = Counter(int(a["category_id"]) for a in gt.dataset.get("annotations", []) if not a.get("iscrowd", 0))
+    return EvalArrays(
+        precision=np.array(evaluator.eval["precision"], dtype=np.float64),
+        recall=np.array(evaluator.eval["recall"], dtype=np.float64),
+        iou_thrs=np.array(params.iouThrs, dtype=np.float64),
+        rec_thrs=np.array(params.recThrs, dtype=np.float64),
+        cat_ids=cat_ids,
+        cat_names=tuple(names.get(c, str(c)) for c in cat_ids),
+        area_labels=tuple(str(a) for a in params.areaRngLbl),
+        max_dets=tuple(int(m) for m in params.maxDets),
+        num_gt=tuple(counted.get(c, 0) for c in cat_ids),
+        image_ids=tuple(int(i) for i in params.imgIds),
+    )
+
+
 def format_stats(iou_type: str, stats: Sequence[float]) -> str:
     """The 12 stats in pycocotools' ``summarize()`` layout."""
     lines = [f"Evaluate annotation type *{iou_type}*"]
@@ -129,7 +182,8 @@ def evaluate_coco(
     backend: Backend = "auto",
     verbose: bool = True,
 ) -> CocoStats:
-    """Run COCOeval per iou type; returns ``{iou_type: 12 stats}`` (``.table`` holds the summary).
+    """Run COCOeval per iou type; returns ``{iou_type: 12 stats}`` (``.table`` holds the summary,
+    ``.details`` the accumulated arrays).
 
     Empty results give COCO's own answer (AP 0 where there is ground truth, -1 where none),
     not an error.
@@ -138,6 +192,7 @@ def evaluate_coco(
     coco_cls, eval_cls = _classes(chosen)
     gt = _load_gt(ann_file_or_coco, coco_cls)
     out = CocoStats()
+    out.backend = chosen
     tables = []
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
@@ -151,6 +206,7 @@ def evaluate_coco(
             evaluator.summarize()
         stats = [float(v) for v in list(evaluator.stats)[:12]]
         out[iou_type] = stats
+        out.details[iou_type] = _arrays(evaluator, gt)
         tables.append(format_stats(iou_type, stats))
     out.table = "\n".join(tables)
     if verbose:

@@ -50,4 +50,4 @@ def evaluate_model(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results))
     iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) or not results else ("bbox",)
-    return dict(evaluate_coco(str(ann_file), results, iou_types=iou_types))
+    return evaluate_coco(str(ann_file), results, iou_types=iou_types)  # a CocoStats: its .details feed the per-class AP
