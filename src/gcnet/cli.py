@@ -1,4 +1,4 @@
-"""`gcnet train | test | predict | bench | export | zoo | demo`: argument parsing and messages only.
+"""`gcnet train | test | predict | bench | export | zoo | demo | browse | flops`: argument parsing and messages only.
 
 Each command is a short adapter over a library call; models come from :mod:`gcnet.build`, so the
 CLI accepts exactly what ``gcnet.build_detector`` accepts. Errors the user can fix print as one line.
@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from gcnet.bench import DEFAULT_IMAGE_SIZE, PEER_NAME, ROW_HEADER, format_row, run_bench
+from gcnet.browse import browse, format_dataset_stats
 from gcnet.build import build, check_source, default_device, resolve
 from gcnet.checkpoint import CheckpointError
 from gcnet.config import ConfigError
@@ -25,9 +26,13 @@ from gcnet.demo import run_demo
 from gcnet.engine import init_distributed, teardown_distributed, train, with_dataset_classes
 from gcnet.errors import UserError
 from gcnet.evaluation import evaluate_model
+from gcnet.flops import count_flops, format_count, gc_overhead, plain_twin, zoo_columns
 from gcnet.export import export_onnx
 from gcnet.inference import expand_image_paths, predict_to_dir, to_rgb_array
+from gcnet.report import summarise_test
+from gcnet.report.writer import find_train_dir
 from gcnet.zoo import ZOO
+from gcnet.zoo_flops import ZOO_FLOPS
 
 FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)"
 SOURCE_HELP = ("a zoo config name (see `gcnet zoo`), `gcnet-demo`, or a checkpoint file gcnet wrote "
@@ -42,9 +47,15 @@ def cli_zoo(args: argparse.Namespace) -> int:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:g}"
 
-    print(f"{'config':<78} {'mem GB':>6} {'fps':>5} {'box AP':>6} {'mask AP':>7}")
+    flops_head = f" {'params M':>8} {'GFLOPs':>6} {'GC FLOPs':>8}" if args.flops else ""
+    print(f"{'config':<78} {'mem GB':>6} {'fps':>5} {'box AP':>6} {'mask AP':>7}" + flops_head)
     for name, e in ZOO.items():
-        print(f"{name:<78} {num(e.mem_gb):>6} {num(e.fps):>5} {num(e.box_ap):>6} {num(e.mask_ap):>7}")
+        cells = ""
+        if args.flops:  # counted by benchmarks/count_flops.py at 1333x800 (see `gcnet flops`)
+            row = ZOO_FLOPS[name]
+            params, gflops, gc = zoo_columns(row["params"], sum(row["flops"].values()), row["gc_flops_share"])
+            cells = f" {params:>8} {gflops:>6} {gc:>8}"
+        print(f"{name:<78} {num(e.mem_gb):>6} {num(e.fps):>5} {num(e.box_ap):>6} {num(e.mask_ap):>7}" + cells)
         if args.urls:
             print(f"    {e.url}")
     return 0
@@ -76,7 +87,11 @@ def cli_test(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     try:
         built = build(args.config, args.checkpoint, overrides=args.overrides, device=ctx.device, fast=args.fast)
-        evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, args.out)
+        out = args.out if args.out is not None or args.report is None else args.report / "results.json"
+        stats = evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, out)
+        if stats:  # rank 0: per-class table, metrics json, report
+            summarise_test(stats, args.data, args.images, out, args.report,
+                           args.train_dir or find_train_dir(built.checkpoint), f"gcnet test: {built.config.name}")
     finally:
         teardown_distributed()
     return 0
@@ -131,9 +146,27 @@ def cli_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_browse(args: argparse.Namespace) -> int:
+    stats = browse(args.annotations, args.images, args.out, limit=args.limit)
+    print(format_dataset_stats(stats))
+    print(f"drew {stats.drawn} image(s) to {args.out} (index.html, stats.json)")
+    return 0
+
+
+def cli_flops(args: argparse.Namespace) -> int:
+    cfg, _, _ = resolve(args.config, None, args.overrides)
+    size = tuple(args.size) if args.size else None
+    count = count_flops(cfg, size)  # type: ignore[arg-type]
+    overhead = None
+    if cfg.model.backbone.gc_ratio is not None:
+        overhead = gc_overhead(count, count_flops(plain_twin(cfg), size))  # type: ignore[arg-type]
+    print(format_count(count, overhead))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "zoo": cli_zoo, "predict": cli_predict, "test": cli_test, "train": cli_train,
-    "bench": cli_bench, "export": cli_export, "demo": cli_demo,
+    "bench": cli_bench, "export": cli_export, "demo": cli_demo, "browse": cli_browse, "flops": cli_flops,
 }
 
 
@@ -157,6 +190,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zoo", help="list the published models with the seed's numbers")
     p.add_argument("--urls", action="store_true", help="also print checkpoint URLs")
+    p.add_argument("--flops", action="store_true",
+                   help="also print parameters, GFLOPs at 1333x800 and the GC blocks' share of them")
+
+    p = sub.add_parser("browse", help="draw a COCO-format set's ground truth and print its statistics")
+    p.add_argument("annotations", type=Path, help="COCO instances json")
+    p.add_argument("--images", required=True, type=Path, help="image directory")
+    p.add_argument("--out", required=True, type=Path, help="output folder: a PNG per image, index.html, stats.json")
+    p.add_argument("--limit", type=int, default=None, help="draw only the first N images (by id; default: all)")
+
+    p = sub.add_parser("flops", help="parameters and GFLOPs of backbone, neck and heads (torch's FlopCounterMode)")
+    _add_config(p)
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="input image size (default: the config's test scale, 1333 800 for the zoo)")
 
     p = sub.add_parser("predict", help="detect objects in images, write PNGs and a COCO-style json")
     _add_config(p)
@@ -169,6 +215,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write an HTML report there: per-class AP, PR curves, confusion matrix, failure images, "
+                        "training curves (plots need matplotlib: pip install 'gcnet[report]')")
+    p.add_argument("--train-dir", type=Path, default=None, metavar="DIR",
+                   help="training work dir whose log.jsonl the report draws (default: the checkpoint's folder)")
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument("--data", required=True, type=Path, help="COCO instances json")
     p.add_argument("--images", required=True, type=Path, help="image directory")

@@ -26,13 +26,16 @@ from gcnet.data import load_image, make_synthetic_coco
 from gcnet.engine import train
 from gcnet.evaluation import evaluate_model
 from gcnet.inference import predict
+from gcnet.report import write_report
+from gcnet.report.training import epoch_end_steps
 from gcnet.visualise import save_visualisation
 from gcnet.zoo import DEMO_IMAGE_SIZE, demo_config
 
 
 def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int = 600,
-             num_val: int = 100, num_visualised: int = 8) -> dict[str, Any]:
-    """Generate the data, train, evaluate on the held-out split and draw predictions.
+             num_val: int = 100, num_visualised: int = 8, report: bool = True) -> dict[str, Any]:
+    """Generate the data, train, evaluate on the held-out split, draw predictions and (``report``)
+    write the evaluation report of the last evaluation to ``work_dir/report/index.html``.
 
     Returns (and writes to ``work_dir/summary.json``) the AP numbers and the time of each step.
     """
@@ -54,10 +57,14 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     cfg = apply_overrides(cfg, list(overrides))
 
     history: list[dict[str, Any]] = []
+    last_stats: list[dict[str, list[float]]] = []  # the latest evaluation, for the report
+    val_results = work_dir / "val_results.json"
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
-        stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data, progress=False)
+        stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data, progress=False,
+                               out=val_results)
         history.append({"epoch": epoch, "bbox_AP": stats["bbox"][0], "segm_AP": stats["segm"][0]})
+        last_stats[:] = [stats]
         return stats
 
     start = time.perf_counter()
@@ -73,9 +80,21 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
         det = predict(model, rgb, cfg.data)[0]
         save_visualisation(rgb, det, work_dir / "vis" / f"{Path(image['file_name']).stem}.png", 0.5)
 
+    extra: dict[str, Any] = {}
+    if report:
+        start = time.perf_counter()
+        steps = epoch_end_steps(work_dir / "train")
+        points = [(steps[h["epoch"]], {"bbox_AP": h["bbox_AP"], "segm_AP": h["segm_AP"]})
+                  for h in history if h["epoch"] in steps]
+        page = write_report(work_dir / "report", paths["val_ann"], paths["val_images"], val_results,
+                            last_stats[-1], train_dir=work_dir / "train", val_points=points,
+                            title=f"gcnet demo: {cfg.name} on the shapes val split")
+        times["report_s"] = time.perf_counter() - start
+        extra["report"] = str(page)
+
     summary = {
         "bbox_AP": history[-1]["bbox_AP"], "segm_AP": history[-1]["segm_AP"], "history": history,
-        "checkpoint": str(final), "visualisations": str(work_dir / "vis"),
+        "checkpoint": str(final), "visualisations": str(work_dir / "vis"), **extra,
         **{k: round(v, 1) for k, v in times.items()},
     }
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
