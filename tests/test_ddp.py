@@ -52,6 +52,20 @@ def _trainer_run(work: Path, images_per_gpu: int, rank: int, world: int) -> None
     torch.save(unwrap(trainer.model).state_dict(), work / f"state_{rank}.pt")
 
 
+def _patience_run(work: Path, rank: int, world: int) -> None:
+    """Evaluation returns numbers on rank 0 only (as ``evaluate_model``): both ranks still stop
+    together when train.patience runs out (a rank left training would hang the other)."""
+    from test_trainer import make_trainer, tiny_config
+
+    def evaluate(model: nn.Module, epoch: int) -> dict[str, list[float]]:
+        return {"bbox": [0.5 if epoch == 1 else 0.4] + [0.0] * 11} if rank == 0 else {}
+
+    trainer = make_trainer(tiny_config(epochs=4, patience=1), work, evaluate_fn=evaluate, num_replicas=world,
+                           rank=rank)
+    trainer.fit()
+    torch.save(torch.tensor([trainer.state.epoch, int(trainer.stopped_early)]), work / f"stop_{rank}.pt")
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -71,6 +85,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save(unwrap(ddp).state_dict(), Path(out) / f"bare_{rank}.pt")
     # the Trainer: 1 image per rank per micro-batch, 2 micro-batches per step
     _trainer_run(Path(out) / "ddp", 1, rank, world)
+    _patience_run(Path(out) / "patience", rank, world)
     dist.destroy_process_group()
 
 
@@ -138,3 +153,10 @@ def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match="LOCAL_RANK=1.*pass --device cuda"):
         init_distributed("cuda:0")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_on_rank_0s_numbers(out_dir: Path) -> None:
+    for rank in range(2):  # best at epoch 1, no better at epoch 2: patience 1 spent
+        assert torch.load(out_dir / "patience" / f"stop_{rank}.pt", weights_only=True).tolist() == [2, 1]
+    assert torch.load(out_dir / "patience" / "best.pth", weights_only=True)["meta"]["best"]["epoch"] == 1

@@ -23,7 +23,7 @@ from gcnet.checkpoint import CheckpointError
 from gcnet.config import ConfigError
 from gcnet.data import DatasetError
 from gcnet.demo import run_demo
-from gcnet.engine import init_distributed, teardown_distributed, train, with_dataset_classes
+from gcnet.engine import NonFiniteLossError, TrainingStopped, init_distributed, teardown_distributed, train
 from gcnet.errors import UserError
 from gcnet.evaluation import evaluate_model
 from gcnet.flops import count_flops, format_count, gc_overhead, plain_twin, zoo_columns
@@ -98,21 +98,31 @@ def cli_test(args: argparse.Namespace) -> int:
 
 
 def cli_train(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done (or stopped early by train.patience), 2 an error the user can fix (a
+    NaN/inf loss too), 128 + signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped the run after
+    it saved latest.pth: `--resume` continues it."""
     cfg, _, _ = resolve(args.config, None, args.overrides)
     paths = {"train_ann": args.data, "train_images": args.images,
              "val_ann": args.val_data, "val_images": args.val_images}
     given = {k: str(v) for k, v in paths.items() if v is not None}
-    cfg = with_dataset_classes(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given)))
+    train_cfg = cfg.train if args.load_from is None else dataclasses.replace(cfg.train, load_from=args.load_from)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given), train=train_cfg)
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
         return evaluate_model(model, cfg.data.val_ann, cfg.data.val_images, cfg.data)  # type: ignore[arg-type]
 
     evaluate_fn = evaluate if cfg.data.val_ann and cfg.data.val_images else None
     try:
-        final = train(cfg, args.work_dir, resume=args.resume, device=args.device, evaluate_fn=evaluate_fn)
-    except ValueError as err:
+        final = train(cfg, args.work_dir, resume=args.resume, device=args.device, evaluate_fn=evaluate_fn,
+                      overwrite=args.overwrite)
+    except TrainingStopped as stop:
+        print(f"gcnet train: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except (ValueError, NonFiniteLossError) as err:
         raise UserError(str(err)) from None
     print(f"final checkpoint: {final}")
+    if evaluate_fn is not None and cfg.train.save_best and (final.parent / "best.pth").is_file():
+        print(f"best checkpoint ({cfg.train.save_best}): {final.parent / 'best.pth'}")
     return 0
 
 
@@ -235,7 +245,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", type=Path, default=None)
     p.add_argument("--val-images", type=Path, default=None)
     p.add_argument("--work-dir", type=Path, default=Path("work_dirs/run"))
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--load-from", default=None, metavar="SOURCE",
+                   help="fine-tune: start from a trained model (path, URL, zoo name, or `zoo` for CONFIG's "
+                        "published file); weights that fit load, the class layers start afresh "
+                        "(= --set train.load_from=SOURCE)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --work-dir from its newest readable checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a --work-dir that holds checkpoints (deletes them and the logs)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("bench", help="inference fps / memory and training step, as the seed measured")

@@ -44,14 +44,18 @@ from gcnet.models.config import (
 )
 
 __all__ = [
-    "AmpType", "BackboneConfig", "COCO_CLASSES", "Config", "ConfigError", "DataConfig", "FPNConfig",
+    "AmpType", "BackboneConfig", "COCO_CLASSES", "COCO_STAT_NAMES", "Config", "ConfigError", "DataConfig", "FPNConfig",
     "ModelConfig", "NormType", "RPNConfig", "RoIConfig", "RoIStageConfig", "TrainConfig",
-    "apply_overrides", "cascade_stages", "config_diff", "config_from_dict", "config_to_dict",
+    "VAL_METRICS", "apply_overrides", "cascade_stages", "config_diff", "config_from_dict", "config_to_dict",
     "with_class_names",
 ]
 
 AmpType = Optional[Literal["bf16", "fp16"]]
 T = TypeVar("T")
+
+# COCO's 12 summary numbers in COCOeval.stats order, as training logs name them (bbox_AP, segm_AP50...)
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+VAL_METRICS = tuple(f"{kind}_{name}" for kind in ("bbox", "segm") for name in COCO_STAT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,14 @@ class TrainConfig:
     checkpoint_every_iters: int = 0
     # DDP's find_unused_parameters: only for models whose steps leave trainable parameters unused.
     find_unused_parameters: bool = False
+    # Start from a trained model's weights (path, URL or zoo name; "zoo" = this config's published
+    # file): tensors whose name and shape match load, the class-dependent layers start fresh.
+    load_from: Optional[str] = None
+    # Keep work_dir/best.pth at the best value of this validation metric (None: no best.pth); only
+    # when validation data is given. One of VAL_METRICS.
+    save_best: Optional[str] = "bbox_AP"
+    # Stop after this many evaluations in a row without a better save_best metric (None: never).
+    patience: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_fields(
@@ -89,10 +101,18 @@ class TrainConfig:
              "warmup_iters": NON_NEGATIVE, "warmup_ratio": UNIT, "milestones": AT_LEAST_1, "gamma": POSITIVE,
              "epochs": AT_LEAST_1, "grad_accum": AT_LEAST_1, "grad_clip": POSITIVE, "seed": NON_NEGATIVE,
              "log_interval": AT_LEAST_1, "checkpoint_interval": AT_LEAST_1, "eval_interval": AT_LEAST_1,
-             "checkpoint_every_iters": NON_NEGATIVE},
+             "checkpoint_every_iters": NON_NEGATIVE, "patience": AT_LEAST_1},
         )
         if list(self.milestones) != sorted(set(self.milestones)):
             raise config_error(self, "milestones", f"expected increasing epochs, no repeats, got {self.milestones!r}")
+        if self.save_best is not None and self.save_best not in VAL_METRICS:
+            raise config_error(self, "save_best", f"expected None or a metric name ({', '.join(VAL_METRICS)}), "
+                               f"got {self.save_best!r}")
+        if self.patience is not None and self.save_best is None:
+            raise config_error(self, "patience", f"counts evaluations without a better train.save_best metric: "
+                               f"set save_best too, got patience={self.patience} with save_best=None")
+        if self.load_from == "":
+            raise config_error(self, "load_from", "expected None or a path, URL or zoo name, got ''")
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,9 @@ class Config:
         if self.model.roi.num_classes != len(self.class_names):
             raise config_error(self, "model.roi.num_classes", f"expected {len(self.class_names)}, one per class "
                                f"name (it follows class_names: set those instead), got {self.model.roi.num_classes}")
+        if not self.model.with_mask and (self.train.save_best or "").startswith("segm_"):
+            raise config_error(self, "train.save_best", f"a box-only model (model.with_mask=False) has bbox "
+                               f"metrics only, got {self.train.save_best!r}")
 
 
 def with_class_names(cfg: Config, class_names: Sequence[str]) -> Config:

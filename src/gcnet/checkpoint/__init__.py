@@ -4,7 +4,8 @@
 - :mod:`.structure`: the backbone a state dict holds, to name a mismatched checkpoint plainly;
 - :mod:`.remote`: the one fetch-and-verify path for every remote file (checkpoints and ImageNet
   backbones): URLs of named weights, the local cache, sha256 checks;
-- :mod:`.load`: :func:`load_checkpoint` with strict key/shape checks.
+- :mod:`.load`: :func:`load_checkpoint` with strict key/shape checks, or fine-tuning's partial load
+  (:func:`load_for_finetuning`: what fits, class-dependent layers afresh, one summary).
 """
 
 from gcnet.checkpoint.remote import (
@@ -23,12 +24,20 @@ from gcnet.checkpoint.io import (
     save_checkpoint,
     unwrap_model,
 )
-from gcnet.checkpoint.load import load_checkpoint, load_state_dict_checked, recorded_class_names
+from gcnet.checkpoint.load import (
+    FinetuneReport,
+    class_dependent_keys,
+    load_checkpoint,
+    load_for_finetuning,
+    load_state_dict_checked,
+    recorded_class_names,
+)
 from gcnet.checkpoint.structure import BackboneStructure, backbone_structure
 
 __all__ = [
-    "BackboneStructure", "CheckpointError", "PRETRAINED_URLS", "atomic_copy", "atomic_write",
-    "backbone_structure", "default_cache_dir", "download", "load_checkpoint", "load_state_dict_checked",
+    "BackboneStructure", "CheckpointError", "FinetuneReport", "PRETRAINED_URLS", "atomic_copy", "atomic_write",
+    "backbone_structure", "class_dependent_keys", "default_cache_dir", "download", "load_checkpoint",
+    "load_for_finetuning", "load_state_dict_checked",
     "read_checkpoint", "recorded_class_names",
     "resolve_url", "safe_torch_load", "save_checkpoint", "sha256_prefix_in_name", "unwrap_model",
 ]

@@ -1,11 +1,14 @@
 """COCO-format instance dataset with the original's train/test pipelines (spec 6.1, 6.2).
 
 Category ids sorted ascending become contiguous labels 0..C-1 (mmdet ``cat2label``). In train
-mode images without any annotation entry or with min(w, h) < ``cfg.min_size`` are dropped (the
-original's ``filter_empty_gt``: an image whose entries are all crowd or degenerate stays, and
-trains with no ground truth: all its anchors and proposals are negatives); boxes with area <= 0,
-w < 1, h < 1 or no overlap with the image are skipped; crowd annotations are not used for training
-(the original turns them into ignore boxes, which its assigners never use).
+mode images without any annotation entry (unless ``cfg.filter_empty`` is False: then they train as
+negatives) or with min(w, h) < ``cfg.min_size`` are dropped (the original's ``filter_empty_gt``: an
+image whose entries are all crowd or degenerate stays, and trains with no ground truth: all its
+anchors and proposals are negatives); boxes with area <= 0, w < 1, h < 1 or no overlap with the
+image are skipped; crowd annotations are not used for training (the original turns them into
+ignore boxes, which its assigners never use); polygons of fewer than 3 points are dropped, and an
+annotation left with none is skipped (mmdet 3.x ignores it: it would train an empty mask).
+``CocoDetection.counts`` says what was dropped or repaired, in one line.
 """
 
 from __future__ import annotations
@@ -34,6 +37,42 @@ class _Ann:
     box: tuple[float, float, float, float]  # xyxy, original pixels
     label: int
     segmentation: Any
+
+
+@dataclass
+class LoadCounts:
+    """What a training set kept, dropped and repaired at load (printed once when training starts)."""
+
+    images: int = 0  # kept for training
+    annotations: int = 0  # used for training
+    empty_dropped: int = 0  # images without annotation entries, dropped (data.filter_empty)
+    empty_kept: int = 0  # ... kept as negatives
+    small: int = 0  # images smaller than data.min_size
+    degenerate: int = 0  # boxes of no area or outside the image
+    no_polygon: int = 0  # annotations without a polygon of >= 3 points
+    repaired: int = 0  # annotations that lost polygons of < 3 points
+    crowd: int = 0
+
+    def line(self, ann_file: str | os.PathLike[str]) -> str:
+        """E.g. ``train.json: 98 training images, 310 annotations; dropped degenerate boxes: 2, ...``."""
+        text = f"{ann_file}: {self.images} training images, {self.annotations} annotations"
+        if self.empty_kept:
+            text += f" ({self.empty_kept} images without annotations kept as negatives)"
+        dropped = [(self.empty_dropped, "images without annotations (data.filter_empty=False keeps them)"),
+                   (self.small, "images smaller than data.min_size"), (self.degenerate, "degenerate boxes"),
+                   (self.no_polygon, "annotations whose polygons all have fewer than 3 points"),
+                   (self.crowd, "crowd annotations")]
+        listed = [f"{what}: {n}" for n, what in dropped if n]
+        if listed:
+            text += "; dropped " + ", ".join(listed)
+        if self.repaired:
+            text += f"; repaired (polygons of fewer than 3 points removed): {self.repaired} annotations"
+        return text
+
+
+def _valid_polygons(seg: list[Any]) -> list[list[float]]:
+    """The polygons of at least 3 points (x, y pairs): what rasterises to an area."""
+    return [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
 
 
 @dataclass(frozen=True)
@@ -90,20 +129,31 @@ class CocoDetection(Dataset):
         self.train = train
         self.with_masks = with_masks
         self._epoch_seed: int | None = None
+        self.counts = LoadCounts()
         data = read_coco_json(self.ann_file)
         self._read_categories(data)
         images = self._read_images(data)
         anns, annotated = self._read_annotations(data, images)
         order = list(images)
         if train:
-            order = [
-                iid
-                for iid in order
-                if iid in annotated and min(images[iid].width, images[iid].height) >= cfg.min_size
-            ]
+            order = [iid for iid in order if self._keep(images[iid], iid in annotated)]
+            self.counts.images = len(order)
+            self.counts.annotations = sum(len(anns[iid]) for iid in order)
         self._images = [images[iid] for iid in order]
         self._anns = [anns[iid] for iid in order]
         self.image_ids: list[int] = order
+
+    def _keep(self, image: _Img, annotated: bool) -> bool:
+        """Whether a training image stays (counted in ``self.counts`` either way)."""
+        if min(image.width, image.height) < self.cfg.min_size:
+            self.counts.small += 1
+            return False
+        if not annotated:
+            if self.cfg.filter_empty:
+                self.counts.empty_dropped += 1
+                return False
+            self.counts.empty_kept += 1
+        return True
 
     def _read_categories(self, data: dict[str, Any]) -> None:
         """Sorted category ids -> contiguous labels (mmdet ``cat2label``) and class names."""
@@ -162,6 +212,7 @@ class CocoDetection(Dataset):
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 raise DatasetError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
             if a.get("iscrowd", 0):
+                self.counts.crowd += 1
                 continue
             x, y, w, h = (float(v) for v in bbox)
             img = images[iid]
@@ -169,10 +220,21 @@ class CocoDetection(Dataset):
             inter_h = max(0.0, min(y + h, img.height) - max(y, 0.0))
             area = float(a.get("area", w * h))
             if inter_w * inter_h == 0 or area <= 0 or w < 1 or h < 1:
+                self.counts.degenerate += 1
                 continue
             seg = a.get("segmentation")
-            if self.with_masks and not seg:
-                raise DatasetError(f"{where}: no 'segmentation' (pass with_masks=False for box-only data)")
+            if self.train and self.with_masks:  # only training reads the masks
+                if not seg:
+                    raise DatasetError(f"{where}: no 'segmentation'; for box-only data train a box-only "
+                                       "model (--set model.with_mask=False)")
+                if isinstance(seg, list):
+                    valid = _valid_polygons(seg)
+                    if not valid:
+                        self.counts.no_polygon += 1
+                        continue
+                    if len(valid) < len(seg):
+                        self.counts.repaired += 1
+                        seg = valid
             anns[iid].append(_Ann((x, y, x + w, y + h), self.cat_id_to_label[cid], seg))
         return anns, annotated
 
@@ -248,7 +310,7 @@ class CocoDetection(Dataset):
         where = f"{self.ann_file}: image id {info.image_id}, annotation {k}"
         try:
             if isinstance(seg, list):
-                polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+                polys = _valid_polygons(seg)
                 if not polys:
                     return np.zeros((h, w), dtype=np.uint8)
                 rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))

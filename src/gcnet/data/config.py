@@ -22,6 +22,9 @@ class DataConfig:
     images_per_gpu: int = 2
     workers_per_gpu: int = 2
     min_size: int = 32
+    # Training drops images without annotations (the original's filter_empty_gt); False keeps them
+    # as negatives: every anchor and proposal on them is background.
+    filter_empty: bool = True
     train_ann: Optional[str] = None
     train_images: Optional[str] = None
     val_ann: Optional[str] = None

@@ -98,19 +98,19 @@ def _shape_mask(kind: str, h: int, w: int, size: float, rng: np.random.Generator
 
 def _make_image(
     rng: np.random.Generator, h: int, w: int, max_objects: int, obj_size: tuple[int, int],
-    min_visible: float, class_colours: bool,
+    min_visible: float, class_colours: bool, classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     img = _background(rng, h, w)
     bg_mean = img.reshape(-1, 3).mean(0)
     owner = np.zeros((h, w), dtype=np.int32)  # 0 = background, k = shape k (1-based)
     shapes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (label, full mask, colour)
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        label = int(rng.integers(len(SHAPE_CLASSES)))
-        hue = label / len(SHAPE_CLASSES) if class_colours else None
+        label = int(rng.integers(len(classes)))
+        hue = label / len(classes) if class_colours else None
         hi = min(obj_size[1], int(0.9 * min(h, w)))
         for _attempt in range(20):
             size = float(rng.uniform(min(obj_size[0], hi), hi))
-            mask = _shape_mask(SHAPE_CLASSES[label], h, w, size, rng)
+            mask = _shape_mask(classes[label], h, w, size, rng)
             if mask.sum() < 16:
                 continue
             trial = np.where(mask, len(shapes) + 1, owner)
@@ -134,7 +134,7 @@ def _make_image(
 def _write_split(
     root: Path, split: str, num: int, rng: np.random.Generator, params: dict[str, Any],
     image_size: SizeSpec, max_objects: int, obj_size: tuple[int, int], min_visible: float,
-    class_colours: bool,
+    class_colours: bool, classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> tuple[str, str]:
     img_dir = root / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def _write_split(
     anns: list[dict[str, Any]] = []
     for i in range(num):
         h, w = _image_size(rng, image_size)
-        img, objects = _make_image(rng, h, w, max_objects, obj_size, min_visible, class_colours)
+        img, objects = _make_image(rng, h, w, max_objects, obj_size, min_visible, class_colours, classes)
         name = f"{i:06d}.png"
         Image.fromarray(img).save(img_dir / name)
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
@@ -161,7 +161,7 @@ def _write_split(
         "info": {"description": "gcnet synthetic shapes", "params": params},
         "images": images,
         "annotations": anns,
-        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_CLASSES)],
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(classes)],
     }
     tmp = ann_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data))
@@ -180,10 +180,12 @@ def make_synthetic_coco(
     min_visible: float = 0.6,
     class_colours: bool = False,
     overwrite: bool = False,
+    classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> dict[str, str]:
     """Write (or reuse, when the same parameters were written before) the shapes dataset.
 
-    ``image_size`` is (h, w) or ((h_min, h_max), (w_min, w_max)) drawn per image.
+    ``image_size`` is (h, w) or ((h_min, h_max), (w_min, w_max)) drawn per image. ``classes``: the
+    shapes drawn (some of ``SHAPE_CLASSES``, e.g. a 3-class set to fine-tune a 5-class model on).
     Returns paths as strings: ``train_ann``, ``train_images``, ``val_ann``, ``val_images``
     (ready for :class:`gcnet.config.DataConfig`) and ``root``.
     """
@@ -199,6 +201,11 @@ def make_synthetic_coco(
         "seed": seed, "max_objects": max_objects, "object_size": list(object_size),
         "min_visible": min_visible, "class_colours": class_colours, "version": 1,
     }
+    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    if not classes or unknown:
+        raise ValueError(f"make_synthetic_coco: classes must be some of {SHAPE_CLASSES}, got {classes}")
+    if tuple(classes) != SHAPE_CLASSES:  # the default leaves the parameters (and cached sets) as they were
+        params["classes"] = list(classes)
     out = {"root": str(root)}
     for split, num, offset in (("train", num_train, 0), ("val", num_val, 1)):
         ann_file, img_dir = root / "annotations" / f"instances_{split}.json", root / split
@@ -210,7 +217,7 @@ def make_synthetic_coco(
         rng = np.random.default_rng([seed, offset])
         out[f"{split}_ann"], out[f"{split}_images"] = _write_split(
             root, split, num, rng, params, image_size, max_objects, cast("tuple[int, int]", tuple(object_size)),
-            min_visible, class_colours,
+            min_visible, class_colours, tuple(classes),
         )
     return out
 

@@ -5,12 +5,16 @@ Layout (written by ``gcnet.checkpoint.save_checkpoint``, the project's one write
 ``optimizer``, ``scheduler``, ``grad_scaler``, ``rng`` (one entry per rank), ``epoch``, ``iter``,
 ``global_step``, ``config``.
 Everything is tensors and plain containers, so ``torch.load(weights_only=True)`` reads it.
+``best.pth`` (weights and meta, with ``meta["best"]``: metric, value, epoch) is the best evaluated
+model for test / predict / fine-tuning; resume never reads it.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,9 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from gcnet.checkpoint import atomic_copy, safe_torch_load, save_checkpoint
+from gcnet.checkpoint import CheckpointError, atomic_copy, safe_torch_load, save_checkpoint
 
 LATEST = "latest.pth"
+BEST = "best.pth"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+_TRAINING_KEYS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "iter")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -64,8 +71,45 @@ class Checkpointer:
     def latest(self) -> Path:
         return self.work_dir / LATEST
 
+    @property
+    def best(self) -> Path:
+        return self.work_dir / BEST
+
     def epoch_path(self, epoch: int) -> Path:
         return self.work_dir / f"epoch_{epoch}.pth"
+
+    def resume_candidates(self) -> list[Path]:
+        """The files a resume may start from, newest first: ``latest.pth``, then ``epoch_N.pth`` by N."""
+        epochs = sorted(((int(m.group(1)), f) for f in self.work_dir.glob("epoch_*.pth")
+                         if (m := _EPOCH_FILE.match(f.name))), reverse=True)
+        latest = [self.latest] if self.latest.is_file() else []
+        return latest + [f for _, f in epochs]
+
+    def existing(self) -> list[Path]:
+        """Every checkpoint this run would overwrite (its resume candidates and ``best.pth``)."""
+        return self.resume_candidates() + ([self.best] if self.best.is_file() else [])
+
+    def newest_readable(self) -> Optional[tuple[Path, dict[str, Any]]]:
+        """The newest training checkpoint that reads back whole, skipping (with a warning) any that
+        does not; None when there is none at all. Raises when there are some but none is readable,
+        so that a resume never silently starts from scratch over earlier work."""
+        skipped: list[tuple[Path, CheckpointError]] = []
+        found = None
+        for path in self.resume_candidates():
+            try:
+                found = path, self.load(path)
+                break
+            except CheckpointError as err:
+                skipped.append((path, err))
+        if len(skipped) == 1 and found is None:
+            raise CheckpointError(f"resume: {skipped[0][1]}; --overwrite starts over")
+        if self.is_main:
+            for _, problem in skipped:
+                print(f"resume: skipping {problem}", file=sys.stderr)
+        if found is None and skipped:
+            raise CheckpointError(f"resume: none of the checkpoints in {self.work_dir} reads back "
+                                  f"({', '.join(p.name for p, _ in skipped)}; why: above); --overwrite starts over")
+        return found
 
     def save(
         self,
@@ -88,15 +132,20 @@ class Checkpointer:
             atomic_copy(target, self.latest)
         return target
 
+    def save_best(self, model: nn.Module, meta: dict[str, Any]) -> Path:
+        """Write ``best.pth`` (weights and ``meta``, atomically; rank 0 only)."""
+        if self.is_main:
+            save_checkpoint(self.best, model, meta)
+        return self.best
+
     def load(self, path: Optional[str | os.PathLike[str]] = None) -> dict[str, Any]:
         """Read a trainer checkpoint (default ``latest.pth``) onto the CPU, tensors and plain data
-        only (``gcnet.checkpoint.safe_torch_load``: a corrupt file raises naming it)."""
+        only (``gcnet.checkpoint.safe_torch_load``: a missing or corrupt file raises
+        :class:`CheckpointError` naming it, as does a file of weights only)."""
         path = Path(path) if path is not None else self.latest
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {path}")
         ckpt = safe_torch_load(path)
-        missing = [k for k in ("state_dict", "optimizer", "scheduler", "rng", "epoch", "iter")
-                   if k not in ckpt]
+        missing = [k for k in _TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
-            raise ValueError(f"resume: {path} is not a training checkpoint (missing {missing})")
+            raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); to start "
+                                  f"from a model's weights use --load-from (train.load_from) instead")
         return ckpt

@@ -1,22 +1,29 @@
 """``train(cfg, work_dir)``: build data, model and trainer from a :class:`Config` and run it.
 
 Works as a plain single process or under ``torchrun`` (one process per GPU, or gloo on CPU).
+A work dir that holds checkpoints is continued (``resume``) or started over (``overwrite``), never
+silently mixed with a new run; ``train.load_from`` starts from a trained model's weights.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from gcnet.build import locate_checkpoint
+from gcnet.checkpoint import load_for_finetuning, read_checkpoint, recorded_class_names
 from gcnet.config import Config, with_class_names
 from gcnet.data import CocoDetection, GroupedBatchSampler, collate, read_coco_json
-from gcnet.engine.distributed import init_distributed, teardown_distributed
-from gcnet.engine.trainer import EvaluateFn, Trainer, seed_everything
-from gcnet.models.detector import build_model
+from gcnet.engine.checkpointer import Checkpointer
+from gcnet.engine.distributed import barrier, init_distributed, teardown_distributed
+from gcnet.engine.logger import LOG_FILE
+from gcnet.engine.trainer import EvaluateFn, Trainer, TrainingStopped, seed_everything
+from gcnet.models.detector import TwoStageDetector, build_model
 
 
 def train(
@@ -25,22 +32,38 @@ def train(
     resume: bool = False,
     device: Optional[torch.device | str] = None,
     evaluate_fn: Optional[EvaluateFn] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``cfg``'s detector on ``cfg.data.train_ann`` / ``train_images``; returns the final
-    checkpoint path (``work_dir/epoch_{epochs}.pth``, or ``latest.pth`` after a SIGTERM).
+    checkpoint path (``work_dir/epoch_{epochs}.pth``, or ``latest.pth`` when ``train.patience``
+    stopped it). A signal (SIGINT, SIGTERM) saves and raises :class:`TrainingStopped`.
 
-    ``evaluate_fn(model, epoch)`` runs on every rank every ``train.eval_interval`` epochs (shard
-    or skip inside it as needed). ImageNet weights come from the model builder
-    (``cfg.model.backbone.pretrained``; None = random init).
+    The classes are the training set's categories (:func:`with_dataset_classes`). ``evaluate_fn(model,
+    epoch)`` runs on every rank every ``train.eval_interval`` epochs (shard or skip inside it as
+    needed); the COCO stats it returns are logged and drive ``train.save_best`` / ``patience``.
+    Weights: ``resume`` (the work dir's newest readable checkpoint), else ``train.load_from``
+    (fine-tuning: what fits loads, the class layers start afresh), else ImageNet weights from the
+    model builder (``cfg.model.backbone.pretrained``; None = random init). A work dir that holds
+    checkpoints needs ``resume`` or ``overwrite`` (which deletes them and the logs).
     """
-    if cfg.data.train_ann is None or cfg.data.train_images is None:
+    ann_file, image_dir = cfg.data.train_ann, cfg.data.train_images
+    if ann_file is None or image_dir is None:
         raise ValueError("train: cfg.data.train_ann and cfg.data.train_images must be set "
                          "(e.g. --set data.train_ann=.../instances_train2017.json)")
+    checkpointer = Checkpointer(work_dir)
+    _check_work_dir(checkpointer, resume, overwrite)
+    cfg = with_dataset_classes(cfg)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = init_distributed(device)
     try:
+        if overwrite and ctx.rank == 0:
+            _start_over(checkpointer)
+        barrier()
+        start_from = None if cfg.train.load_from is None else _fetch(cfg.train.load_from, cfg.name, ctx.rank)
         seed_everything(cfg.train.seed, ctx.rank)
-        dataset = CocoDetection(cfg.data.train_ann, cfg.data.train_images, cfg.data, train=True)
+        dataset = CocoDetection(ann_file, image_dir, cfg.data, train=True, with_masks=cfg.model.with_mask)
+        if ctx.rank == 0:
+            print(dataset.counts.line(dataset.ann_file))
         if len(dataset) == 0:
             raise ValueError(f"train: {cfg.data.train_ann} has no usable training images "
                              "(images without annotations or smaller than data.min_size are dropped)")
@@ -52,7 +75,9 @@ def train(
             num_replicas=ctx.world_size,
             rank=ctx.rank,
         )
-        model = build_model(cfg.model, cfg.class_names, load_pretrained=True)  # resume overwrites it
+        resuming = resume and bool(checkpointer.resume_candidates())
+        imagenet = cfg.train.load_from is None and not resuming  # else the weights are overwritten
+        model = build_model(cfg.model, cfg.class_names, load_pretrained=imagenet)
         trainer = Trainer(
             model,
             dataset,
@@ -64,10 +89,52 @@ def train(
             evaluate_fn=evaluate_fn,
             num_workers=cfg.data.workers_per_gpu,
         )
-        return trainer.fit(resume=resume)
+        if not (resume and trainer.resume()) and start_from is not None:
+            _load_from(model, start_from, ctx.rank)
+        final = trainer.fit()
+        if trainer.stop_signal is not None:
+            raise TrainingStopped(trainer.stop_signal, final, trainer.state.describe())
+        return final
     finally:
         if owns_group:
             teardown_distributed()
+
+
+def _check_work_dir(checkpointer: Checkpointer, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an earlier run's checkpoints unless told what to do."""
+    if resume and overwrite:
+        raise ValueError("train: --resume continues a run, --overwrite starts it over: give one of them")
+    existing = checkpointer.existing()
+    if existing and not (resume or overwrite):
+        names = ", ".join(p.name for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
+        raise ValueError(f"{checkpointer.work_dir} holds checkpoints of an earlier run ({names}): continue it "
+                         "with --resume (resume=True), or start over with --overwrite (overwrite=True), "
+                         "which deletes them")
+
+
+def _start_over(checkpointer: Checkpointer) -> None:
+    """Delete what an earlier run wrote: its checkpoints, ``log.jsonl`` and TensorBoard events."""
+    for path in checkpointer.existing():
+        path.unlink()
+    (checkpointer.work_dir / LOG_FILE).unlink(missing_ok=True)
+    shutil.rmtree(checkpointer.work_dir / "tb", ignore_errors=True)
+
+
+def _fetch(source: str, config_name: str, rank: int) -> Path:
+    """The local file of ``train.load_from`` (path, URL, zoo name, or ``zoo`` for this config's
+    published file), found before any slow work; rank 0 first, so a download happens once."""
+    if rank == 0:
+        locate_checkpoint(source, config_name)
+    barrier()
+    return locate_checkpoint(source, config_name)
+
+
+def _load_from(model: TwoStageDetector, path: Path, rank: int) -> None:
+    """Fine-tuning's start: what fits of ``path`` into the fresh model, with one summary line."""
+    state_dict, meta = read_checkpoint(path)
+    report = load_for_finetuning(model, state_dict, str(path), recorded_class_names(meta))
+    if rank == 0:
+        print(f"fine-tuning from {report.summary()}")
 
 
 def with_dataset_classes(cfg: Config) -> Config:

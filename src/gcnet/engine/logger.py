@@ -2,7 +2,10 @@
 
 ``log.jsonl`` holds one JSON object per logged iteration (epoch and iter 1-based, as the original's
 ``*.log.json``): ``epoch, iter, global_step, lr, loss, <each loss>, time, data_time`` and
-``memory`` (MiB, peak CUDA allocation) on CUDA.
+``memory`` (MiB, peak CUDA allocation) on CUDA; and one per evaluation, ``"mode": "val"`` with
+``epoch, global_step`` and the COCO numbers (``bbox_AP, bbox_AP50, ..., segm_ARl``), also written to
+TensorBoard as ``val/<name>``. A resumed run first trims the records after its checkpoint's step,
+so that the file holds each step once.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from tqdm import tqdm
+
+from gcnet.checkpoint import atomic_write
 
 LOG_FILE = "log.jsonl"
 
@@ -41,13 +46,17 @@ class TrainLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start_iter > 0:
+            trim_log(self.path, start_iter)
         self._file = open(self.path, "a", encoding="utf-8")
         if progress:
             self._bar = tqdm(total=total_iters, initial=start_iter, desc="train", dynamic_ncols=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(work_dir) / "tb"))
+            # purge_step: events a killed run wrote after the checkpoint are dropped on reading
+            self._tb = SummaryWriter(log_dir=str(Path(work_dir) / "tb"),
+                                     purge_step=start_iter + 1 if start_iter > 0 else None)
         except ImportError:  # tensorboard is optional
             self._tb = None
 
@@ -72,6 +81,19 @@ class TrainLogger:
                 if isinstance(value, float) and math.isfinite(value):
                     self._tb.add_scalar(f"train/{key}", value, int(record["global_step"]))
 
+    def metrics(self, epoch: int, global_step: int, values: dict[str, float]) -> None:
+        """One evaluation's numbers: a ``"mode": "val"`` record and ``val/<name>`` scalars."""
+        if not self.enabled:
+            return
+        assert self._file is not None
+        record = {"mode": "val", "epoch": epoch, "global_step": global_step, **values}
+        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(f"val/{key}", value, global_step)
+            self._tb.flush()
+
     def write(self, text: str) -> None:
         """A message that does not break the progress bar."""
         if self.enabled:
@@ -87,3 +109,24 @@ class TrainLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the records of steps up to ``last_step`` (a resumed run writes the later ones again);
+    a line cut short by a kill is dropped. Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("global_step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line + "\n")
+    data = "".join(kept).encode("utf-8")
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    atomic_write(path, write)

@@ -1,6 +1,12 @@
 """The training loop: data -> model -> losses -> optimiser, with three explicit callbacks
 (log, checkpoint, evaluate) and exact resume.
 
+It never loses work: SIGTERM and Ctrl-C (SIGINT) save ``latest.pth`` at the next iteration boundary
+and stop (:attr:`Trainer.stop_signal`); a NaN/inf loss stops without saving, and a checkpoint is
+never written with non-finite weights or optimiser state, so the last one on disk resumes. Every
+evaluation's COCO numbers are logged; ``train.save_best`` keeps ``best.pth``, ``train.patience``
+stops a run that no longer improves.
+
 One "iteration" is one optimiser step over ``train.grad_accum`` micro-batches. The lr is a function
 of (epoch, iteration), the sampler order a function of (seed, epoch), and RNG states are saved per
 rank, so a run killed after a checkpoint and resumed continues with the same losses: exactly on
@@ -10,6 +16,7 @@ cuDNN weight gradients), which makes even two uninterrupted GPU runs drift apart
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -27,7 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gcnet.config import Config, config_to_dict
+from gcnet.checkpoint import load_state_dict_checked, safe_torch_load
+from gcnet.config import COCO_STAT_NAMES, Config, config_to_dict
 from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
 from gcnet.engine.distributed import (
     all_gather_object,
@@ -50,7 +58,19 @@ _AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The total loss became NaN or inf; the run stops without writing a checkpoint."""
+    """The total loss, the weights or the optimiser state became NaN or inf; the run stops
+    without writing a checkpoint, so the last one on disk holds finite numbers."""
+
+
+class TrainingStopped(RuntimeError):
+    """A signal (SIGINT, SIGTERM) stopped the run after it saved ``checkpoint``. ``exit_code`` is
+    128 + the signal number (130, 143: the shell's convention), for a scheduler to requeue on."""
+
+    def __init__(self, signum: int, checkpoint: Path, where: str) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at {where}; saved {checkpoint}; "
+                         "continue with --resume")
 
 
 @dataclass
@@ -60,6 +80,12 @@ class TrainState:
     epoch: int = 0
     iter: int = 0
     global_step: int = 0
+
+    def describe(self) -> str:
+        """Where in the schedule, 1-based as the log: ``epoch 2, iteration 3 (global step 7)``."""
+        if self.iter == 0:
+            return f"the end of epoch {self.epoch} (global step {self.global_step})"
+        return f"epoch {self.epoch + 1}, iteration {self.iter} (global step {self.global_step})"
 
 
 def is_loss_key(key: str) -> bool:
@@ -88,6 +114,20 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    # Ctrl-C and SIGTERM reach the whole process group: the main process saves and then shuts the
+    # workers down; a worker that died of them would break the batch being fetched instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def coco_metrics(stats: Any) -> dict[str, float]:
+    """``{"bbox": [12 stats], "segm": [...]}`` (``evaluate_coco``) -> ``{"bbox_AP": ..., "segm_ARl": ...}``;
+    anything else (an evaluate_fn that returns nothing) -> {}."""
+    if not isinstance(stats, Mapping):
+        return {}
+    return {f"{kind}_{name}": float(value) for kind, values in stats.items()
+            if isinstance(values, Sequence) and len(values) == len(COCO_STAT_NAMES)
+            for name, value in zip(COCO_STAT_NAMES, values)}
 
 
 class _SkipFirst(Sampler[list[int]]):
@@ -158,21 +198,32 @@ class Trainer:
         self.model = wrap_ddp(model, self.device, tc.find_unused_parameters)
         self.checkpointer = Checkpointer(self.work_dir, is_main=self.rank == 0)
         self.state = TrainState()
-        self._stop_requested = False
+        self._signal: Optional[int] = None  # the signal this process received
+        self.stop_signal: Optional[int] = None  # set when a signal (on any process) stopped the run
+        self.stopped_early = False  # train.patience ran out
+        self.best: Optional[dict[str, Any]] = None  # {"metric", "value", "epoch"} of best.pth
+        self._evals_since_best = 0
+        self._last_saved: Optional[tuple[Path, TrainState]] = None  # the file and where it was written
         self.logger: Optional[TrainLogger] = None
 
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> Path:
-        """Train to ``train.epochs``; returns the final ``epoch_{n}.pth`` (or ``latest.pth`` when a
-        SIGTERM stopped the run early: it is saved at the next iteration boundary)."""
+        """Train to ``train.epochs``; returns the final ``epoch_{n}.pth``, or ``latest.pth`` when a
+        signal stopped the run (saved at the next iteration boundary; :attr:`stop_signal` says
+        which) or ``train.patience`` did (:attr:`stopped_early`)."""
         if resume:
             self.resume()
         total = self.cfg.train.epochs * self.iters_per_epoch
         start = self.state.epoch * self.iters_per_epoch + self.state.iter
         self.logger = TrainLogger(self.work_dir, total, start, self.cfg.train.log_interval,
                                   enabled=self.rank == 0, progress=self.progress)
-        previous = self._install_sigterm()
+        if self._patience_spent():
+            self.stopped_early = True
+            self.logger.write(self._early_stop_text("before this resume"))
+            self.logger.close()
+            return self.checkpointer.latest
+        previous = self._install_signal_handlers()
         try:
             while self.state.epoch < self.cfg.train.epochs:
                 if not self._train_epoch():
@@ -180,10 +231,10 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.iter = 0
                 self._on_epoch_end()
-                if any_process(self._stop_requested, self.device):
+                if self._stop_now() or self.stopped_early:
                     return self.checkpointer.latest
         finally:
-            self._restore_sigterm(previous)
+            self._restore_signal_handlers(previous)
             self.logger.close()
         return self.checkpointer.epoch_path(self.cfg.train.epochs)
 
@@ -273,11 +324,40 @@ class Trainer:
 
     def _raise_non_finite(self, values: dict[str, float], micro: int) -> None:
         st = self.state
+        bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
         raise NonFiniteLossError(
-            f"non-finite total loss at epoch {st.epoch + 1}, iteration {st.iter + 1} (global step "
-            f"{st.global_step + 1}, micro-batch {micro + 1}): {values}; stopping without saving, "
-            f"the last good checkpoint is {self.checkpointer.latest}"
+            f"non-finite loss at epoch {st.epoch + 1}, iteration {st.iter + 1} (global step "
+            f"{st.global_step + 1}, micro-batch {micro + 1}: {bad}); stopped without saving; {self._last_good()}"
         )
+
+    def _last_good(self) -> str:
+        """Where the run can resume from, and what to change (for the non-finite stops)."""
+        hint = "lower train.lr or set train.grad_clip"
+        if self._last_saved is None:
+            return f"no checkpoint was written yet; {hint}"
+        path, saved = self._last_saved
+        if saved.global_step == self.state.global_step:  # the failing step ran on its very weights
+            return (f"the last checkpoint, {path} ({saved.describe()}), holds the weights that gave this "
+                    f"loss, so resuming from it repeats it; start over with a lower train.lr or a train.grad_clip")
+        return f"the last good checkpoint is {path} ({saved.describe()}); {hint}"
+
+    def _check_finite(self) -> None:
+        """Refuse to save NaN/inf weights, buffers or optimiser state (one device sync in all)."""
+        named = [(k, v) for k, v in self.module.state_dict().items() if v.is_floating_point()]
+        named += [(f"optimizer state of {k}", v) for k, v in self._optimizer_tensors()]
+        if not named or bool(torch.stack([torch.isfinite(v).all() for _, v in named]).all()):
+            return
+        first = next(k for k, v in named if not bool(torch.isfinite(v).all()))
+        raise NonFiniteLossError(
+            f"non-finite weights at {self.state.describe()} (first: {first}); not saved; {self._last_good()}"
+        )
+
+    def _optimizer_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    yield f"{names.get(id(param), '?')} ({key})", value
 
     # -- callbacks -------------------------------------------------------------------------------
 
@@ -293,27 +373,88 @@ class Trainer:
             saved = True
         if self.step_callback is not None:
             self.step_callback(self, record)
-        if not last and any_process(self._stop_requested, self.device):
+        if not last and self._stop_now():
             if not saved:
                 self.save()
-            self.logger.write(f"stopped by SIGTERM; saved {self.checkpointer.latest}")
             return False
+        return True
+
+    def _stop_now(self) -> bool:
+        """Whether a signal reached any process (collective); sets :attr:`stop_signal`."""
+        if not any_process(self._signal is not None, self.device):
+            return False
+        self.stop_signal = self._signal if self._signal is not None else signal.SIGTERM
         return True
 
     def _on_epoch_end(self) -> None:
         epoch, tc = self.state.epoch, self.cfg.train
         keep = epoch % max(tc.checkpoint_interval, 1) == 0 or epoch == tc.epochs
         self.save(epoch_file=epoch if keep else None)
-        if self.evaluate_fn is not None and (epoch % max(tc.eval_interval, 1) == 0 or epoch == tc.epochs):
-            self.module.eval()
+        if self.evaluate_fn is not None and self._evaluates(epoch):
+            metrics = self._evaluate(epoch)
+            if metrics:
+                assert self.logger is not None
+                self.logger.metrics(epoch, self.state.global_step, metrics)
+                self._track_best(epoch, metrics)
+
+    def _evaluates(self, epoch: int) -> bool:
+        tc = self.cfg.train
+        return epoch % tc.eval_interval == 0 or epoch == tc.epochs
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Run ``evaluate_fn`` without touching the training RNG streams (so that a resumed run
+        equals an uninterrupted one); its numbers as rank 0 computed them, on every rank."""
+        assert self.evaluate_fn is not None
+        rng = capture_rng_state()
+        self.module.eval()
+        try:
             with torch.no_grad():
-                self.evaluate_fn(self.module, epoch)
+                stats = self.evaluate_fn(self.module, epoch)
+        except Exception as err:
+            if self._signal is None:
+                raise
+            assert self.logger is not None  # the signal interrupted the evaluation (its workers)
+            self.logger.write(f"evaluation of epoch {epoch} interrupted ({type(err).__name__}); stopping")
+            return {}
+        finally:
             self.module.train()
+            restore_rng_state(rng)
+        return all_gather_object(coco_metrics(stats))[0]
+
+    def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Keep ``best.pth`` at the best ``train.save_best`` value; count evaluations since it."""
+        metric = self.cfg.train.save_best
+        if metric is None or metric not in metrics:
+            return
+        value = metrics[metric]
+        if self.best is None or value > self.best["value"]:
+            self.best = {"metric": metric, "value": value, "epoch": epoch}
+            self._evals_since_best = 0
+            self.checkpointer.save_best(self.module, {**self._meta(), "best": dict(self.best)})
+            barrier()
+        else:
+            self._evals_since_best += 1
+        if self._patience_spent():
+            self.stopped_early = True
+            assert self.logger is not None
+            self.logger.write(self._early_stop_text(f"at epoch {epoch}"))
+
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.train.patience
+        return patience is not None and self.best is not None and self._evals_since_best >= patience
+
+    def _early_stop_text(self, when: str) -> str:
+        assert self.best is not None
+        return (f"early stop {when}: no better {self.best['metric']} in {self._evals_since_best} evaluations "
+                f"(train.patience); best {self.best['value']:.4f} at epoch {self.best['epoch']}: "
+                f"{self.checkpointer.best}")
 
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save(self, epoch_file: Optional[int] = None) -> Path:
-        """Checkpoint the full training state (collective: every rank must call it)."""
+        """Checkpoint the full training state (collective: every rank must call it); refused, with
+        :class:`NonFiniteLossError`, when any weight or optimiser state is NaN or inf."""
+        self._check_finite()
         st = self.state
         rng = all_gather_object(capture_rng_state())
         extra = {
@@ -325,24 +466,36 @@ class Trainer:
             "iter": st.iter,
             "global_step": st.global_step,
         }
-        names = getattr(self.module, "class_names", self.cfg.class_names)
-        # the whole config travels with the weights: gcnet.build restores it (test pipeline, classes)
-        meta = {"epoch": st.epoch, "iter": st.global_step, "class_names": list(names),
-                "config_name": self.cfg.name, "config": config_to_dict(self.cfg)}
-        path = self.checkpointer.save(self.module, meta, extra, epoch_file)
+        path = self.checkpointer.save(self.module, self._meta(), extra, epoch_file)
+        self._last_saved = (path, dataclasses.replace(self.state))
         barrier()
         return path
 
+    def _meta(self) -> dict[str, Any]:
+        names = getattr(self.module, "class_names", self.cfg.class_names)
+        # the whole config travels with the weights: gcnet.build restores it (test pipeline, classes)
+        return {"epoch": self.state.epoch, "iter": self.state.global_step, "class_names": list(names),
+                "config_name": self.cfg.name, "config": config_to_dict(self.cfg)}
+
     def resume(self) -> bool:
-        """Restore everything from ``latest.pth``; False (and a fresh start) when there is none."""
-        if not self.checkpointer.latest.is_file():
+        """Restore everything from the newest readable checkpoint (``latest.pth``, else the highest
+        ``epoch_N.pth``; unreadable ones are skipped with a warning); False (and a fresh start)
+        when the work dir holds none. Raises when it holds some but none reads back."""
+        found = self.checkpointer.newest_readable()
+        if found is None:
             if self.rank == 0:
-                print(f"resume: no {self.checkpointer.latest} yet, starting from scratch")
+                print(f"resume: no checkpoint in {self.work_dir} yet, starting from scratch")
             return False
-        ckpt = self.checkpointer.load()
-        self.module.load_state_dict(ckpt["state_dict"])
+        path, ckpt = found
+        load_state_dict_checked(self.module, ckpt["state_dict"], str(path))  # mismatches listed, not traced
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        configured = self.schedule.base_lr
         self.schedule.load_state_dict(ckpt["scheduler"])
+        if not math.isclose(self.schedule.base_lr, configured, rel_tol=1e-9):
+            # a changed train.lr is meant (e.g. after a NaN stop): this run's, not the checkpoint's
+            if self.rank == 0:
+                print(f"resume: base lr {self.schedule.base_lr:g} -> {configured:g} (this run's train.lr)")
+            self.schedule.base_lr = configured
         if ckpt.get("grad_scaler"):
             self.scaler.load_state_dict(ckpt["grad_scaler"])
         rng = ckpt["rng"]
@@ -351,18 +504,40 @@ class Trainer:
                              f"this run has {self.world_size}; exact resume needs the same world size")
         restore_rng_state(rng[self.rank])
         self.state = TrainState(int(ckpt["epoch"]), int(ckpt["iter"]), int(ckpt["global_step"]))
+        self._last_saved = (path, dataclasses.replace(self.state))
+        self._restore_best()
+        if self.rank == 0:
+            print(f"resume: from {path} ({self.state.describe()})")
         return True
 
-    # -- SIGTERM ---------------------------------------------------------------------------------
+    def _restore_best(self) -> None:
+        """The best value so far from ``best.pth``'s meta, and the evaluations since it (patience)."""
+        metric = self.cfg.train.save_best
+        if metric is None or not self.checkpointer.best.is_file():
+            return
+        best = safe_torch_load(self.checkpointer.best).get("meta", {}).get("best")
+        if not isinstance(best, dict) or best.get("metric") != metric:
+            return
+        self.best = best
+        done = self.state.epoch  # epochs finished; each evaluated on the schedule
+        self._evals_since_best = sum(1 for e in range(int(best["epoch"]) + 1, done + 1) if self._evaluates(e))
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True  # acted upon at the next iteration boundary
+    # -- signals ---------------------------------------------------------------------------------
 
-    def _install_sigterm(self) -> Any:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Acted upon at the next iteration boundary; a second Ctrl-C aborts without saving."""
+        if signum == signal.SIGINT and self._signal is not None:
+            raise KeyboardInterrupt
+        self._signal = signum
+        if self.rank == 0:  # os.write: no Python-level buffer a signal handler could re-enter
+            os.write(2, f"\n{signal.Signals(signum).name}: saving at the end of this iteration, then stopping"
+                        f"{' (Ctrl-C again aborts without saving)' if signum == signal.SIGINT else ''}\n".encode())
+
+    def _install_signal_handlers(self) -> Optional[dict[int, Any]]:
         if threading.current_thread() is not threading.main_thread():
             return None
-        return signal.signal(signal.SIGTERM, self._on_sigterm)
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _restore_sigterm(self, previous: Any) -> None:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    def _restore_signal_handlers(self, previous: Optional[dict[int, Any]]) -> None:
+        for signum, handler in (previous or {}).items():
+            signal.signal(signum, handler)

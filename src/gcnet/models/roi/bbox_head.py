@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from gcnet.boxes import DeltaXYWHBBoxCoder
 
+_OUTPUT_INIT_STD = {"fc_cls": 0.01, "fc_reg": 0.001}  # the original's Normal init of the output layers
+
 
 class Shared2FCBBoxHead(nn.Module):
     """flatten(C, 7, 7) -> fc 1024 -> ReLU -> fc 1024 -> ReLU -> (fc_cls, fc_reg)."""
@@ -44,10 +46,25 @@ class Shared2FCBBoxHead(nn.Module):
             fc = cast(nn.Linear, fc)
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
-        nn.init.normal_(self.fc_cls.weight, std=0.01)
-        nn.init.zeros_(self.fc_cls.bias)
-        nn.init.normal_(self.fc_reg.weight, std=0.001)
-        nn.init.zeros_(self.fc_reg.bias)
+        self._init_outputs(("fc_cls", "fc_reg"))
+
+    def class_layers(self) -> dict[str, nn.Module]:
+        """The layers whose shape and meaning follow the classes: what fine-tuning on other classes
+        starts afresh (the classifier; the regression too unless it is class-agnostic)."""
+        layers: dict[str, nn.Module] = {"fc_cls": self.fc_cls}
+        if not self.reg_class_agnostic:
+            layers["fc_reg"] = self.fc_reg
+        return layers
+
+    def reset_class_layers(self) -> None:
+        """The class layers as a fresh head initialises them."""
+        self._init_outputs(tuple(self.class_layers()))
+
+    def _init_outputs(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            fc = getattr(self, name)
+            nn.init.normal_(fc.weight, std=_OUTPUT_INIT_STD[name])
+            nn.init.zeros_(fc.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """RoI features [K, C, 7, 7] -> (class logits [K, num_classes + 1], deltas [K, 4 or 4C])."""

@@ -26,6 +26,13 @@ class ConvReLU(nn.Module):
         return torch.relu_(self.conv(x))  # in place on the conv's fresh output
 
 
+def _kaiming_init(m: nn.Conv2d | nn.ConvTranspose2d) -> None:
+    """The original's init of the upsampling and logit layers: kaiming normal, fan_out, bias 0."""
+    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    assert m.bias is not None  # built with bias=True
+    nn.init.zeros_(m.bias)
+
+
 class FCNMaskHead(nn.Module):
     """RoI features [K, C, 14, 14] -> class-specific mask logits [K, num_classes, 28, 28]."""
 
@@ -47,9 +54,16 @@ class FCNMaskHead(nn.Module):
         self.upsample = nn.ConvTranspose2d(last, conv_channels, kernel_size=2, stride=2)
         self.conv_logits = nn.Conv2d(conv_channels, num_classes, 1)
         for m in (self.upsample, self.conv_logits):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            assert m.bias is not None  # built with bias=True
-            nn.init.zeros_(m.bias)
+            _kaiming_init(m)
+
+    def class_layers(self) -> dict[str, nn.Module]:
+        """The layer that follows the classes (one logit map each): what fine-tuning on other
+        classes starts afresh."""
+        return {"conv_logits": self.conv_logits}
+
+    def reset_class_layers(self) -> None:
+        """The class layer as a fresh head initialises it."""
+        _kaiming_init(self.conv_logits)
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
