@@ -166,6 +166,10 @@ def test_bad_json_and_missing_image(tmp_path):
     with pytest.raises(DatasetError, match="broken.json"):
         CocoDetection(bad, tmp_path, CFG)
     ann, img_dir = _write(tmp_path, _base(), {})
+    with pytest.raises(DatasetError, match="a.png: image file not found"):
+        CocoDetection(ann, img_dir, CFG, train=True)  # checked at load, before any work
+    _write(tmp_path, _base(), {"a.png": (48, 64)})
     ds = CocoDetection(ann, img_dir, CFG, train=True)
+    (img_dir / "a.png").unlink()  # gone after the load: met when read
     with pytest.raises(DatasetError, match="a.png"):
         ds[0]

@@ -18,16 +18,17 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from gcnet.data.config import DataConfig
-from gcnet.data.image_io import DatasetError, load_image
+from gcnet.data.image_io import EXIF_ORIENTATION, DatasetError, load_image
 from gcnet.data.transforms import hflip_boxes, hflip_image, hflip_masks, normalize, resize_keep_ratio, resize_masks
 from gcnet.structures import ImageMeta, Targets
 
@@ -102,7 +103,72 @@ def read_coco_json(ann_file: str | os.PathLike[str]) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     _need(data, ("images", "categories"), f"{path}")
+    cats = data["categories"]
+    if not isinstance(cats, list) or not cats:
+        raise DatasetError(f"{path}: 'categories' must be a non-empty list")
+    for i, c in enumerate(cats):  # checked here: every reader of the categories relies on them
+        _need(c, ("id", "name"), f"{path}: categories[{i}]")
+        _integer(c, "id", f"{path}: categories[{i}]")
     return data
+
+
+def _integer(entry: dict[str, Any], key: str, where: str) -> int:
+    """``entry[key]`` as an int, or a DatasetError naming the file, the entry and the value."""
+    value = entry[key]
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: '{key}' must be an integer, got {value!r}") from None
+
+
+def _numbers(values: Any, where: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {what} must hold numbers, got {values!r}") from None
+
+
+def _header_orientation(img: Image.Image) -> int:
+    """The EXIF orientation from what opening the file read (``getexif`` may decode a PNG whole)."""
+    exif = img.info.get("exif")
+    if isinstance(exif, bytes):
+        tags = Image.Exif()
+        tags.load(exif)
+        return int(tags.get(EXIF_ORIENTATION, 1))
+    return int(getattr(img, "tag_v2", {}).get(EXIF_ORIENTATION, 1))
+
+
+def _header_problem(path: Path, entry: _Img, size: bool) -> str | None:
+    """What is wrong with an image file, from its header alone (Pillow opens lazily: no decode)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if size and _header_orientation(img) in (5, 6, 7, 8):
+                w, h = h, w  # decoded upright, as load_image turns it
+    except FileNotFoundError:
+        return f"{path}: image file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"{path}: not an image file that can be read ({exc})"
+    if size and (h, w) != (entry.height, entry.width):
+        return f"{path}: image is {w}x{h} but its entry (image id {entry.image_id}) says {entry.width}x{entry.height}"
+    return None
+
+
+def check_image_files(
+    entries: Sequence[_Img], image_dir: str | os.PathLike[str], ann_file: str | os.PathLike[str], sizes: bool
+) -> None:
+    """Every image the annotations reference is there and has a readable header (and, with
+    ``sizes``, the size its entry gives: training needs it): checked at load, so a missing or
+    foreign file stops the run before any work, not when a loader meets it hours in."""
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image directory not found (the images of {ann_file})")
+    problems = [p for e in entries if (p := _header_problem(folder / e.file_name, e, sizes)) is not None]
+    if problems:
+        more = f" (and {len(problems) - 1} more of the {len(entries)} images of {ann_file})" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
 
 
 class CocoDetection(Dataset):
@@ -142,6 +208,7 @@ class CocoDetection(Dataset):
         self._images = [images[iid] for iid in order]
         self._anns = [anns[iid] for iid in order]
         self.image_ids: list[int] = order
+        check_image_files(self._images, self.image_dir, self.ann_file, sizes=train)
 
     def _keep(self, image: _Img, annotated: bool) -> bool:
         """Whether a training image stays (counted in ``self.counts`` either way)."""
@@ -158,12 +225,7 @@ class CocoDetection(Dataset):
     def _read_categories(self, data: dict[str, Any]) -> None:
         """Sorted category ids -> contiguous labels (mmdet ``cat2label``) and class names."""
         f = str(self.ann_file)
-        cats = data["categories"]
-        if not isinstance(cats, list) or not cats:
-            raise DatasetError(f"{f}: 'categories' must be a non-empty list")
-        for i, c in enumerate(cats):
-            _need(c, ("id", "name"), f"{f}: categories[{i}]")
-        cats = sorted(cats, key=lambda c: int(c["id"]))
+        cats = sorted(data["categories"], key=lambda c: int(c["id"]))  # checked by read_coco_json
         self.label_to_cat_id: list[int] = [int(c["id"]) for c in cats]
         if len(set(self.label_to_cat_id)) != len(cats):
             raise DatasetError(f"{f}: duplicate category ids {self.label_to_cat_id}")
@@ -177,11 +239,12 @@ class CocoDetection(Dataset):
         if not isinstance(data["images"], list):
             raise DatasetError(f"{f}: 'images' must be a list")
         for i, im in enumerate(data["images"]):
-            _need(im, ("id", "file_name", "width", "height"), f"{f}: images[{i}]")
-            iid = int(im["id"])
+            where = f"{f}: images[{i}]"
+            _need(im, ("id", "file_name", "width", "height"), where)
+            iid = _integer(im, "id", where)
             if iid in images:
                 raise DatasetError(f"{f}: images[{i}] repeats image id {iid}")
-            images[iid] = _Img(iid, str(im["file_name"]), int(im["width"]), int(im["height"]))
+            images[iid] = _Img(iid, str(im["file_name"]), _integer(im, "width", where), _integer(im, "height", where))
         return images
 
     def _read_annotations(
@@ -202,7 +265,7 @@ class CocoDetection(Dataset):
         for i, a in enumerate(raw_anns):
             where = f"{f}: annotations[{i}] (id {a.get('id') if isinstance(a, dict) else '?'})"
             _need(a, ("image_id", "category_id", "bbox"), where)
-            iid, cid = int(a["image_id"]), int(a["category_id"])
+            iid, cid = _integer(a, "image_id", where), _integer(a, "category_id", where)
             if iid not in images:
                 raise DatasetError(f"{where}: unknown image_id {iid}")
             if cid not in self.cat_id_to_label:
@@ -214,11 +277,11 @@ class CocoDetection(Dataset):
             if a.get("iscrowd", 0):
                 self.counts.crowd += 1
                 continue
-            x, y, w, h = (float(v) for v in bbox)
+            x, y, w, h = _numbers(bbox, where, "bbox")
             img = images[iid]
             inter_w = max(0.0, min(x + w, img.width) - max(x, 0.0))
             inter_h = max(0.0, min(y + h, img.height) - max(y, 0.0))
-            area = float(a.get("area", w * h))
+            (area,) = _numbers([a.get("area", w * h)], where, "area")
             if inter_w * inter_h == 0 or area <= 0 or w < 1 or h < 1:
                 self.counts.degenerate += 1
                 continue

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 _WORKER_PREFIX = "Caught DatasetError"  # how torch's DataLoader re-raises an error from a worker
 _TIFF_EXTRA_SAMPLES = 338
-_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112  # the EXIF tag both decoders turn the image by
 _UNASSOCIATED_ALPHA = 2
 
 
@@ -105,7 +105,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DatasetError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
-            array = _oriented(to_opencv_rgb(img), img.getexif().get(_ORIENTATION, 1))
+            array = _oriented(to_opencv_rgb(img), img.getexif().get(EXIF_ORIENTATION, 1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
     if array.ndim != 3 or array.shape[2] != 3:
