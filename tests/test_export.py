@@ -148,6 +148,18 @@ def test_onnx_equals_eager(setup, tmp_path):
     _assert_same_detections(ref, out, atol=1e-3)
 
 
+def test_saved_programs_load_back_into_the_same_detector(setup, tmp_path):
+    """save_programs / load_programs round trip (.pt2 archives, what `gcnet export` writes)."""
+    model, images, metas, ref = setup
+    files = export.save_programs(export.export_program(model, images.shape[-2:]), tmp_path / "programs")
+    assert sorted(f.name for f in files.values()) == sorted(f"{n}.pt2" for n in export.detector_parts(model))
+    loaded = export.load_programs(tmp_path / "programs")
+    out = export.ExportedDetector(model, export.DetectorParts.from_programs(loaded))(images, metas)
+    _assert_same_detections(ref, out, atol=1e-4)
+    with pytest.raises(ValueError, match="folder"):
+        export.save_programs({}, tmp_path / "model.pt2")
+
+
 def test_export_rejects_unpadded_size_and_file_path(setup, tmp_path):
     model, *_ = setup
     with pytest.raises(ValueError, match="multiple of 32"):

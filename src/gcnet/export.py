@@ -107,6 +107,35 @@ def export_program(
     return programs
 
 
+def _folder(path: Union[str, Path], caller: str) -> Path:
+    """The output folder (created): one file per part goes in it, so a file name is refused."""
+    folder = Path(path)
+    if folder.suffix in (".onnx", ".pt2"):
+        raise ValueError(f"{caller}: path {folder} must be a folder (one file per part)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_programs(programs: dict[str, torch.export.ExportedProgram], path: Union[str, Path]) -> dict[str, Path]:
+    """Write each program of :func:`export_program` as ``<part>.pt2`` (``torch.export.save``) into
+    the folder ``path`` (created) -> {part name: file}; :func:`load_programs` reads them back."""
+    folder = _folder(path, "save_programs")
+    files = {}
+    for name, program in programs.items():
+        files[name] = folder / f"{name}.pt2"
+        torch.export.save(program, files[name])
+    return files
+
+
+def load_programs(path: Union[str, Path]) -> dict[str, torch.export.ExportedProgram]:
+    """The ``*.pt2`` programs of a folder :func:`save_programs` wrote, by part name
+    (for :meth:`DetectorParts.from_programs`)."""
+    files = sorted(Path(path).glob("*.pt2"))
+    if not files:
+        raise FileNotFoundError(f"load_programs: no .pt2 files in {path}")
+    return {f.stem: torch.export.load(f) for f in files}
+
+
 def _onnx_export(part: nn.Module, example: Tensor, path: Path, dynamic: bool, opset: int) -> None:
     num_out = len(part(example))
     outputs = [f"out{i}" for i in range(num_out)]
@@ -133,10 +162,7 @@ def export_onnx(
     Uses the dynamo exporter when ``onnxscript`` is installed, the TorchScript-based one otherwise.
     Each file has one input ``x`` and outputs ``out0..``; head files have a dynamic first axis.
     """
-    folder = Path(path)
-    if folder.suffix == ".onnx":
-        raise ValueError(f"export_onnx: path {folder} must be a folder (one .onnx file per part)")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(path, "export_onnx")
     model = model.eval()
     examples = _example_inputs(model, image_size)
     files = {}
