@@ -16,7 +16,7 @@ PACKAGE = SRC / "gcnet"
 
 # first component under gcnet -> layer (0 core, 1 catalogue, 2 applications)
 CORE = {"layers", "boxes", "structures", "models", "data", "checkpoint", "evaluation", "errors",
-        "visualise", "speed"}
+        "paths", "visualise", "speed"}
 CATALOGUE = {"config", "zoo", "zoo_flops"}
 APPLICATIONS = {"build", "inference", "engine", "bench", "export", "demo", "cli", "__init__", "__main__",
                 "report", "browse", "flops"}

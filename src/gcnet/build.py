@@ -208,7 +208,26 @@ def build_detector(
 
 
 def default_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """The device asked for, else CUDA when there is one, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for, else CUDA when there is one, else the CPU.
+
+    A device that is no device name or is not available here is a one-line :class:`UserError`,
+    raised before any work (torch says so only at the first tensor moved, as a traceback)."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {device!r}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"device {device!r}: CUDA is not available ({reason}); use --device cpu")
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise UserError(f"device {device!r}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    elif chosen.type != "cpu":
+        modules = (getattr(torch.backends, chosen.type, None), getattr(torch, chosen.type, None))  # mps, xpu, ...
+        checks = [m.is_available for m in modules if callable(getattr(m, "is_available", None))]
+        if not checks or not checks[0]():
+            raise UserError(f"device {device!r}: {chosen.type} is not available here; use --device cpu")
+    return chosen

@@ -7,28 +7,32 @@ CLI accepts exactly what ``gcnet.build_detector`` accepts. Errors the user can f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 
+from gcnet import __version__
 from gcnet.bench import DEFAULT_IMAGE_SIZE, PEER_NAME, ROW_HEADER, format_row, run_bench
 from gcnet.browse import browse, format_dataset_stats
 from gcnet.build import build, check_source, default_device, resolve
 from gcnet.checkpoint import CheckpointError
 from gcnet.config import ConfigError
-from gcnet.data import DatasetError
+from gcnet.data import CocoDetection, DatasetError
 from gcnet.demo import run_demo
 from gcnet.engine import NonFiniteLossError, TrainingStopped, init_distributed, teardown_distributed, train
-from gcnet.errors import UserError
+from gcnet.errors import UserError, warn_line
 from gcnet.evaluation import evaluate_model
 from gcnet.flops import count_flops, format_count, gc_overhead, plain_twin, zoo_columns
-from gcnet.export import export_onnx
+from gcnet.export import export_onnx, export_program, save_programs
 from gcnet.inference import expand_image_paths, predict_to_dir, to_rgb_array
+from gcnet.paths import check_output_dir, check_output_file, describe_os_error, is_user_os_error
 from gcnet.report import summarise_test
 from gcnet.report.writer import find_train_dir
 from gcnet.zoo import ZOO
@@ -38,6 +42,12 @@ FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels 
 SOURCE_HELP = ("a zoo config name (see `gcnet zoo`), `gcnet-demo`, or a checkpoint file gcnet wrote "
                "(it records its config and classes)")
 CHECKPOINT_HELP = "weights: a path, an http(s) URL, a zoo config name, or `zoo` for the config's published file"
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is one, else cpu)"
+EXIT_CODES = """exit codes: 0 done; 1 done, but some images could not be read (skipped, each named in a warning);
+2 an error you can fix (one line; --debug shows its traceback); 130 interrupted (Ctrl-C);
+141 stdout closed by its reader (e.g. `gcnet zoo | head -1`), quietly"""
+EXIT_SKIPPED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 1, 2, 130, 141
+USER_ERRORS = (UserError, DatasetError, CheckpointError, ConfigError)  # their messages name the file and problem
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -69,14 +79,35 @@ def _weights_given(args: argparse.Namespace) -> None:
                         "--checkpoint (a file, a URL, or `zoo` for the published file)")
 
 
+class _Skips:
+    """Counts the images a command skipped, warning about each as ``gcnet <cmd>: warning: ...``."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.count = command, 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        warn_line(f"gcnet {self.command}: warning: {message}")
+
+    def status(self, total: int) -> int:
+        """The exit code: 0, or 1 after a summary line when images were skipped."""
+        if not self.count:
+            return 0
+        warn_line(f"gcnet {self.command}: warning: skipped {self.count} of {total} image(s) that could not be read")
+        return EXIT_SKIPPED
+
+
 def cli_predict(args: argparse.Namespace) -> int:
     _weights_given(args)
     images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
     built = build(args.config, args.checkpoint, overrides=args.overrides,
                   device=default_device(args.device), fast=args.fast)
-    path = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr)
-    print(f"wrote {len(images)} image(s) and {path}")
-    return 0
+    skips = _Skips("predict")
+    done = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips)
+    print(f"wrote {done.done} drawing(s) to {args.out}, {done.detections} and {done.images}")
+    if done.done == 0:
+        raise UserError(f"none of the {len(images)} image(s) could be read")
+    return skips.status(len(images))
 
 
 def cli_test(args: argparse.Namespace) -> int:
@@ -86,15 +117,18 @@ def cli_test(args: argparse.Namespace) -> int:
     except ValueError as err:  # torchrun variables or --device that cannot work
         raise UserError(str(err)) from None
     try:
+        dataset = CocoDetection(args.data, args.images)  # annotations and images checked before the model loads
         built = build(args.config, args.checkpoint, overrides=args.overrides, device=ctx.device, fast=args.fast)
+        skips = _Skips("test")
         out = args.out if args.out is not None or args.report is None else args.report / "results.json"
-        stats = evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, out)
+        stats = evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, out,
+                               on_skip=skips)
         if stats:  # rank 0: per-class table, metrics json, report
             summarise_test(stats, args.data, args.images, out, args.report,
                            args.train_dir or find_train_dir(built.checkpoint), f"gcnet test: {built.config.name}")
     finally:
         teardown_distributed()
-    return 0
+    return skips.status(len(dataset))
 
 
 def cli_train(args: argparse.Namespace) -> int:
@@ -143,8 +177,14 @@ def cli_bench(args: argparse.Namespace) -> int:
 
 def cli_export(args: argparse.Namespace) -> int:
     built = build(args.config, args.checkpoint, overrides=args.overrides, device="cpu")
-    written = export_onnx(built.model, args.out, (args.height, args.width))
-    print(f"wrote {written}")
+    size = (args.height, args.width)
+    written: list[Path] = []
+    if args.format in ("all", "torch"):
+        written += save_programs(export_program(built.model, size), args.out).values()
+    if args.format in ("all", "onnx"):
+        written += export_onnx(built.model, args.out, size).values()
+    for path in written:
+        print(path)
     return 0
 
 
@@ -183,6 +223,33 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 # ---- parser ------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line too, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, multiple: int = 1) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` in [low, high] and a multiple of ``multiple``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (low is not None and value < low) or (high is not None and value > high) or (multiple > 1 and value % multiple):
+            rule = [f">= {low:g}" if low is not None else "", f"<= {high:g}" if high is not None else "",
+                    f"a multiple of {multiple}" if multiple > 1 else ""]
+            raise argparse.ArgumentTypeError(f"{text} must be {' and '.join(r for r in rule if r)}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(int, low=1)
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted path, e.g. --set train.lr=0.01 "
@@ -195,7 +262,10 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gcnet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gcnet", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gcnet {__version__} (torch {torch.__version__})")
+    parser.add_argument("--debug", action="store_true", help="show an error's traceback instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("zoo", help="list the published models with the seed's numbers")
@@ -214,13 +284,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
                    help="input image size (default: the config's test scale, 1333 800 for the zoo)")
 
-    p = sub.add_parser("predict", help="detect objects in images, write PNGs and a COCO-style json")
+    p = sub.add_parser("predict", help="detect objects in images: PNG drawings and COCO results json")
     _add_config(p)
     p.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default=None)
-    p.add_argument("--score-thr", type=float, default=0.3, help="drawing threshold")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: a PNG per image, detections.json (COCO results) and images.json "
+                        "(its images and categories: COCO('images.json').loadRes('detections.json'))")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--score-thr", type=_number(float, 0, 1), default=0.3,
+                   help="keep detections scoring at least this, in the drawings and in detections.json alike "
+                        "(0 keeps every detection the model returns)")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
@@ -233,9 +307,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument("--data", required=True, type=Path, help="COCO instances json")
     p.add_argument("--images", required=True, type=Path, help="image directory")
-    p.add_argument("--out", type=Path, default=None, help="write detections (COCO results json)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the detections there (COCO results json), before the evaluation runs")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=POSITIVE, default=1,
+                   help="images per forward pass (same-size images; the original tests one at a time)")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
@@ -258,36 +334,107 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="inference fps / memory and training step, as the seed measured")
     _add_config(p)
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="inference precision (bf16 / fp16 run under autocast)")
+    p.add_argument("--compile", action="store_true", help="time the model after torch.compile")
     p.add_argument("--peer", action="store_true", help="also measure torchvision's Mask R-CNN")
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--iters", type=POSITIVE, default=50, help="timed iterations (or real images) per row")
     p.add_argument("--images", type=Path, default=None,
                    help="directory of real images, timed in turn (default: one synthetic 640x427 image)")
     p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
-    p = sub.add_parser("export", help="export to torch.export and ONNX")
+    p = sub.add_parser("export", help="export the static parts: torch.export archives (.pt2) and ONNX files")
     _add_config(p)
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--height", type=int, default=800)
-    p.add_argument("--width", type=int, default=1216)
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: features, bbox_head<i> and mask_head<i> as .pt2 and/or .onnx files")
+    p.add_argument("--format", choices=("all", "torch", "onnx"), default="all",
+                   help="torch: torch.export archives (torch.export.load); onnx: ONNX files; all: both")
+    p.add_argument("--height", type=_number(int, low=32, multiple=32), default=800,
+                   help="padded input height of the features part (a multiple of 32)")
+    p.add_argument("--width", type=_number(int, low=32, multiple=32), default=1216,
+                   help="padded input width of the features part (a multiple of 32)")
 
     p = sub.add_parser("demo", help="generate the embedded dataset, train, evaluate, visualise")
-    p.add_argument("--work-dir", type=Path, default=Path("demo_out"))
+    p.add_argument("--work-dir", type=Path, default=Path("demo_out"), help="folder for the data, checkpoints and drawings")
     _add_overrides(p)
+    for command in sub.choices.values():  # --debug after the command name works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show an error's traceback instead of its one line")
     return parser
 
 
+def _export_folder(path: Path) -> Path:
+    if path.suffix in (".onnx", ".pt2"):
+        raise UserError(f"{path}: is a file name; give a folder (one file per part)")
+    return check_output_dir(path)
+
+
+OUTPUTS: dict[str, tuple[tuple[str, str, Callable[[Path], Path]], ...]] = {  # command -> (flag, attribute, check)
+    "predict": (("--out", "out", check_output_dir),),
+    "test": (("--out", "out", check_output_file), ("--report", "report", check_output_dir)),
+    "export": (("--out", "out", _export_folder),),
+    "browse": (("--out", "out", check_output_dir),),
+    "train": (("--work-dir", "work_dir", check_output_dir),),
+    "demo": (("--work-dir", "work_dir", check_output_dir),),
+}
+
+
+def _check_before_work(args: argparse.Namespace) -> None:
+    """The device and the output paths, before any model loads or image is read."""
+    if getattr(args, "device", None):
+        default_device(args.device)
+    for flag, attr, check in OUTPUTS.get(args.command, ()):
+        if getattr(args, attr, None) is not None:
+            try:
+                check(getattr(args, attr))
+            except UserError as err:
+                raise UserError(f"{flag} {err}") from None
+
+
+def _user_message(err: BaseException) -> str | None:
+    """The one line for an error the user can fix; None for a crash of our own (its traceback shows)."""
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, OSError) and is_user_os_error(err):
+        return describe_os_error(err)
+    return None
+
+
+def _quiet_closed_stdout() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null, so that the interpreter's
+    last flush does not print a BrokenPipeError of its own."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run one command; see EXIT_CODES for what the exit code says."""
     try:
-        return int(COMMANDS[args.command](args) or 0)
-    except (UserError, DatasetError, CheckpointError, ConfigError) as err:  # they name the file and problem
-        print(f"gcnet {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        args = _build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (printed as one line)
+        return done.code if isinstance(done.code, int) else EXIT_ERROR
+    try:
+        _check_before_work(args)
+        status = int(COMMANDS[args.command](args) or 0)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _quiet_closed_stdout()
+        return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"gcnet {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        message = _user_message(err)
+        if message is None or args.debug:
+            raise
+        print(f"gcnet {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The user-facing inference calls: images in (paths, PIL images, arrays), detections out;
-and predicting into a folder (drawings + a json of the detections).
+and predicting into a folder (drawings + COCO results json).
 
 The lower entry is the detector itself: ``model(batch_tensor, metas)`` on an already normalised,
 padded batch, so results can be compared with the original on the very same input tensor.
@@ -8,20 +8,25 @@ padded batch, so results can be compared with the original on the very same inpu
 from __future__ import annotations
 
 import collections
-import json
+import contextlib
+import dataclasses
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from gcnet.data import collate, load_image, preprocess
+from gcnet.data import DatasetError, collate, load_image, preprocess
 from gcnet.data.config import DataConfig
-from gcnet.errors import UserError
-from gcnet.evaluation import encode_masks
+from gcnet.data.image_io import to_opencv_rgb
+from gcnet.errors import UserError, Warn, warn_line
+from gcnet.evaluation import detections_to_coco
+from gcnet.models.config import COCO_CLASSES
+from gcnet.paths import check_output_dir, naming, write_json
 from gcnet.structures import Detections
 from gcnet.visualise import save_visualisation
 
@@ -33,7 +38,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"), dtype=np.uint8)
+        return to_opencv_rgb(image)  # as the same image read from a file (orientation aside)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -127,32 +132,87 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
     return [f"{s}.png" if uses[s] == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
 
 
+# COCO's ids of its 80 classes (COCO_CLASSES order): the 91-id list of the 2014 paper, less 11 unused
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+
+
+def category_ids(class_names: Sequence[str]) -> list[int]:
+    """The category id of each class: COCO's own ids for the 80 COCO classes (the zoo models; they
+    are not 1..80), 1..N in class order for any other class list."""
+    if tuple(class_names) == COCO_CLASSES:
+        return list(COCO_CATEGORY_IDS)
+    return list(range(1, len(class_names) + 1))
+
+
+@dataclass(frozen=True)
+class PredictOutput:
+    """What :func:`predict_to_dir` wrote: the COCO results json, the COCO images/categories json it
+    refers to, the number of images done and the messages of the ones skipped."""
+
+    detections: Path
+    images: Path
+    done: int
+    skipped: tuple[str, ...]
+
+
+def _confident(det: Detections, score_thr: float) -> Detections:
+    keep = det.scores >= score_thr
+    masks = None if det.masks is None else det.masks[keep]
+    return dataclasses.replace(det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep], masks=masks)
+
+
 def predict_to_dir(
     model: torch.nn.Module,
     images: Sequence[Path],
     out_dir: Path,
     data_cfg: DataConfig = DataConfig(),
     score_thr: float = 0.3,
-) -> Path:
-    """Write one PNG per image (masks, boxes, names, scores) and ``detections.json``; ``images``
-    may name files and directories (see :func:`expand_image_paths`)."""
+    on_skip: Optional[Warn] = None,
+) -> PredictOutput:
+    """Predict each image into ``out_dir``: a PNG per image (masks, boxes, names, scores) and two
+    jsons that ``pycocotools.coco.COCO("images.json").loadRes("detections.json")`` reads.
+
+    ``detections.json`` is COCO results format (``image_id``, ``category_id``, ``bbox`` xywh,
+    ``score``, ``segmentation`` RLE) with the detections scoring at least ``score_thr``: the same
+    set the PNGs draw. ``images.json`` holds the ``images`` (id = 1-based position in ``images``,
+    ``file_name`` as given, ``width``, ``height``, ``drawing``: its PNG) and ``categories`` (see
+    :func:`category_ids`). An image that cannot be decoded is reported by ``on_skip(message)``
+    (default: a warning line) and left out; both jsons are written even when a run stops midway.
+    """
     images = expand_image_paths(images)
+    out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
+    warn = on_skip or warn_line
+    class_names = tuple(getattr(model, "class_names", ()))
+    cat_ids = category_ids(class_names)
+    categories = [{"id": c, "name": n} for c, n in zip(cat_ids, class_names)]
     names_out = _output_names(images)
-    for index, path in enumerate(tqdm(images, desc="predict", dynamic_ncols=True)):
-        rgb = to_rgb_array(path)
-        det = predict(model, rgb, data_cfg)[0]
-        save_visualisation(rgb, det, out_dir / names_out[index], score_thr)
-        rles = encode_masks(det.masks) if det.masks is not None else [None] * len(det)
-        names = det.label_names
-        for k in range(len(det)):
-            x1, y1, x2, y2 = det.boxes[k].tolist()
-            item = {"image_id": index, "file_name": str(path), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(det.scores[k]), "label": int(det.labels[k]), "category_name": names[k]}
-            if rles[k] is not None:
-                item["segmentation"] = rles[k]
-            records.append(item)
-    json_path = out_dir / "detections.json"
-    json_path.write_text(json.dumps(records))
-    return json_path
+    records: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    skipped: list[str] = []
+
+    def write() -> PredictOutput:
+        header = {"images": entries, "categories": categories, "annotations": []}
+        return PredictOutput(write_json(out_dir / "detections.json", records),
+                             write_json(out_dir / "images.json", header), len(entries), tuple(skipped))
+
+    try:
+        for index, path in enumerate(tqdm(images, desc="predict", dynamic_ncols=True)):
+            try:
+                rgb = to_rgb_array(path)
+            except DatasetError as err:
+                skipped.append(str(err))
+                warn(f"{err}; skipped")
+                continue
+            det = _confident(predict(model, rgb, data_cfg)[0], score_thr)
+            with naming(out_dir / names_out[index]):
+                save_visualisation(rgb, det, out_dir / names_out[index], score_thr)
+            image_id = index + 1  # by position, so ids do not move when an image is skipped
+            entries.append({"id": image_id, "file_name": str(path), "width": int(rgb.shape[1]),
+                            "height": int(rgb.shape[0]), "drawing": names_out[index]})
+            records.extend(detections_to_coco([det], [image_id], cat_ids))
+    except BaseException:
+        with contextlib.suppress(OSError):  # keep what was done; the stop itself is the error
+            write()
+        raise
+    return write()

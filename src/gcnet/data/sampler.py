@@ -1,10 +1,11 @@
 """Aspect-ratio grouped, distributed batch sampling (the original's GroupSampler /
-AspectRatioBatchSampler: every batch holds images of one orientation, w >= h or w < h)."""
+AspectRatioBatchSampler: every batch holds images of one orientation, w >= h or w < h), and the
+evaluation loader that goes on past an image it cannot read."""
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from gcnet.data.config import DataConfig
 from gcnet.data.collate import collate
+from gcnet.data.image_io import DatasetError
+from gcnet.structures import Batch
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -112,6 +115,38 @@ class ShardSampler(Sampler[int]):
         return iter(range(self.rank, self.length, self.num_replicas))
 
 
+class Skipped(NamedTuple):
+    """A sample that could not be read: its dataset index and the one-line reason."""
+
+    index: int
+    message: str
+
+
+class SkipUnreadable(Dataset):
+    """``dataset``'s samples, with a :class:`Skipped` where one raises :class:`DatasetError` (an
+    image that cannot be decoded or went missing), so that evaluation goes on without it instead
+    of ending the run, and a loader worker hands back the reason rather than a traceback."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DatasetError as err:
+            return Skipped(index, str(err))
+
+
+def collate_skipping(samples: Sequence[Any], size_divisor: int = 32) -> tuple[Optional[Batch], list[Skipped]]:
+    """(the batch of the samples that were read or None, the :class:`Skipped` ones)."""
+    skipped = [s for s in samples if isinstance(s, Skipped)]
+    kept = [s for s in samples if not isinstance(s, Skipped)]
+    return (collate(kept, size_divisor=size_divisor) if kept else None), skipped
+
+
 def _dist_info(distributed: bool) -> tuple[int, int]:
     """(world size, rank) of the process group when ``distributed`` and one exists, else (1, 0)."""
     if distributed and dist.is_available() and dist.is_initialized():
@@ -126,12 +161,14 @@ def build_loader(
     distributed: bool = False,
     batch_size: int | None = None,
     seed: int = 0,
+    skip_unreadable: bool = False,
 ) -> DataLoader:
     """DataLoader as the original sets it up: grouped shuffled batches of ``cfg.images_per_gpu``
     for training; sequential batches (default 1 image, as the original tests) for evaluation,
     sharded over ranks when ``distributed``. Workers = ``cfg.workers_per_gpu`` (persistent),
     pinned memory when CUDA is available. Flip randomness in workers derives from torch's global
-    seed, so ``torch.manual_seed`` in the main process reproduces it."""
+    seed, so ``torch.manual_seed`` in the main process reproduces it. With ``skip_unreadable``
+    (evaluation) each item is ``(Batch or None, [Skipped])``: see :class:`SkipUnreadable`."""
     world, rank = _dist_info(distributed)
     size = batch_size if batch_size is not None else (cfg.images_per_gpu if train else 1)
     if train:
@@ -145,10 +182,10 @@ def build_loader(
         batch_sampler = BatchSampler(ShardSampler(len(dataset), world, rank), size, drop_last=False)  # type: ignore[arg-type]
     workers = max(0, int(cfg.workers_per_gpu))
     return DataLoader(
-        dataset,
+        SkipUnreadable(dataset) if skip_unreadable else dataset,
         batch_sampler=batch_sampler,
         num_workers=workers,
-        collate_fn=partial(collate, size_divisor=cfg.size_divisor),
+        collate_fn=partial(collate_skipping if skip_unreadable else collate, size_divisor=cfg.size_divisor),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
     )
