@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+import gcnet.evaluation.runner
 import gcnet.inference
 import gcnet.paths
 from gcnet.checkpoint import save_checkpoint
@@ -374,17 +375,23 @@ def test_a_loader_worker_error_is_the_same_one_line(coco) -> None:
 # ---- stops midway keep what was done -------------------------------------------------------------
 
 
-def test_predict_disk_full_midway_names_the_file_and_keeps_the_rest(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    real = gcnet.inference.save_visualisation
+def _breaks_on_second_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, error: BaseException) -> None:
+    """``module.name`` works once, then raises ``error``: a stop midway."""
+    real = getattr(module, name)
     calls = []
 
-    def fill_up(image: Any, det: Any, path: Any, score_thr: float = 0.3) -> None:
-        calls.append(path)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
         if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(image, det, path, score_thr)
+            raise error
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(gcnet.inference, "save_visualisation", fill_up)
+    monkeypatch.setattr(module, name, call)
+
+
+def test_predict_disk_full_midway_names_the_file_and_keeps_the_rest(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    _breaks_on_second_call(monkeypatch, gcnet.inference, "save_visualisation",
+                           OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))  # a write without a file name
     out = tmp_path / "preds"
     assert _predict(ckpt, out, _image(tmp_path / "a.png"), _image(tmp_path / "b.png", seed=1)) == 2
     _error_line(capsys.readouterr().err, "predict", out / "b.png", "No space left on device")
@@ -393,21 +400,21 @@ def test_predict_disk_full_midway_names_the_file_and_keeps_the_rest(ckpt, tmp_pa
 
 
 def test_predict_interrupted_keeps_what_was_done(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    real = gcnet.inference.predict
-    calls = []
-
-    def interrupted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gcnet.inference, "predict", interrupted)
+    _breaks_on_second_call(monkeypatch, gcnet.inference, "predict", KeyboardInterrupt())
     out = tmp_path / "preds"
     assert _predict(ckpt, out, _image(tmp_path / "a.png"), _image(tmp_path / "b.png", seed=1)) == 130
     assert "gcnet predict: interrupted" in capsys.readouterr().err
     assert [im["id"] for im in json.loads((out / "images.json").read_text())["images"]] == [1]
     assert json.loads((out / "detections.json").read_text())
+
+
+def test_test_interrupted_writes_the_results_so_far(ckpt, coco, tmp_path, capsys, monkeypatch) -> None:
+    _breaks_on_second_call(monkeypatch, gcnet.evaluation.runner, "detections_to_coco", KeyboardInterrupt())
+    out = tmp_path / "results.json"
+    assert _test(ckpt, coco, "--out", str(out)) == 130
+    err = capsys.readouterr().err
+    assert "gcnet test: interrupted" in err and f"{out}: the results of the images done so far" in err
+    assert len({r["image_id"] for r in json.loads(out.read_text())}) == 1
 
 
 def test_our_own_crash_shows_its_traceback_and_debug_shows_a_users(ckpt, tmp_path, monkeypatch) -> None:

@@ -227,7 +227,7 @@ def default_device(device: Union[str, torch.device, None] = None) -> torch.devic
             raise UserError(f"device {device!r}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
     elif chosen.type != "cpu":
         modules = (getattr(torch.backends, chosen.type, None), getattr(torch, chosen.type, None))  # mps, xpu, ...
-        checks = [m.is_available for m in modules if callable(getattr(m, "is_available", None))]
+        checks: list[Any] = [getattr(m, "is_available") for m in modules if callable(getattr(m, "is_available", None))]
         if not checks or not checks[0]():
             raise UserError(f"device {device!r}: {chosen.type} is not available here; use --device cpu")
     return chosen

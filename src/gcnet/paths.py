@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 from gcnet.checkpoint.io import atomic_write
 from gcnet.errors import UserError
@@ -116,5 +116,9 @@ def naming(path: PathLike) -> Iterator[None]:
 def write_json(path: PathLike, data: Any) -> Path:
     """``data`` as json at ``path``, atomically (folders created)."""
     text = json.dumps(data).encode("utf-8")
+
+    def write(f: IO[bytes]) -> None:
+        f.write(text)
+
     with naming(path):
-        return atomic_write(path, lambda f: f.write(text))
+        return atomic_write(path, write)

@@ -118,7 +118,7 @@ class ShardSampler(Sampler[int]):
 class Skipped(NamedTuple):
     """A sample that could not be read: its dataset index and the one-line reason."""
 
-    index: int
+    position: int
     message: str
 
 

@@ -67,13 +67,13 @@ def evaluate_model(
     try:
         for batch, unread in tqdm(loader, desc="test", disable=not progress or rank != 0, dynamic_ncols=True):
             for item in unread:
-                skipped.append(dataset.image_ids[item.index])
+                skipped.append(dataset.image_ids[item.position])
                 warn(f"{item.message}; skipped")
             if batch is None:
                 continue
             batch = batch.to(device)
             detections = model(batch.images, batch.metas)
-            ids = [int(m.image_id) for m in batch.metas]  # type: ignore[arg-type]
+            ids = [int(m.image_id) for m in batch.metas]
             results.extend(detections_to_coco(detections, ids, dataset.label_to_cat_id))
     except BaseException:
         if out is not None and not distributed:
