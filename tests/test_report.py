@@ -196,9 +196,12 @@ def test_cli_browse(shapes, tmp_path, capsys):
     assert main(["browse", str(tmp_path / "nope.json"), "--images", shapes["val_images"],
                  "--out", str(tmp_path / "c")]) == 2
     assert "nope.json" in capsys.readouterr().err
+    assert main(["browse", shapes["val_ann"], "--images", shapes["val_images"], "--out", str(tmp_path / "d"),
+                 "--limit", "-1"]) == 2
+    assert "--limit must be >= 0" in capsys.readouterr().err
 
 
-def test_cli_test_prints_per_class_table_writes_metrics_and_report(shapes, tmp_path, capsys):
+def test_cli_test_prints_per_class_table_writes_metrics_and_report(shapes, tmp_path, capsys, monkeypatch):
     """A random-weight demo detector keeping every score: the per-class table after COCO's lines,
     the metrics json beside --out, the report with the training curves of the checkpoint's folder."""
     cfg = demo_config()
@@ -210,7 +213,7 @@ def test_cli_test_prints_per_class_table_writes_metrics_and_report(shapes, tmp_p
                                                         "class_names": list(cfg.class_names)})
     out = tmp_path / "preds" / "results.json"
     argv = ["test", str(ckpt), "--data", shapes["val_ann"], "--images", shapes["val_images"],
-            "--set", "model.roi.score_thr=-1", "--set", "model.roi.max_per_img=20"]
+            "--set", "model.roi.score_thr=-1", "--set", "model.roi.max_per_img=5"]
     assert main([*argv, "--out", str(out), "--report", str(tmp_path / "rep")]) == 0
     printed = capsys.readouterr().out
     assert printed.index("Average Recall") < printed.index("Per-class AP")
@@ -219,6 +222,7 @@ def test_cli_test_prints_per_class_table_writes_metrics_and_report(shapes, tmp_p
     assert [c["name"] for c in metrics["segm"]["per_class"]] == list(cfg.class_names)
     text = _check_page(tmp_path / "rep" / "index.html")
     assert "plots/training.png" in text and "gcnet test: gcnet-demo" in text
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)  # the plots were checked above
     assert main([*argv, "--report", str(tmp_path / "rep2")]) == 0  # no --out: the results go in the report
     capsys.readouterr()
     assert (tmp_path / "rep2" / "results.json").is_file() and (tmp_path / "rep2" / "results.metrics.json").is_file()

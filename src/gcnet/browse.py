@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gcnet.data import DatasetError, load_image, read_coco_json
+from gcnet.errors import UserError
 from gcnet.report import html as H
 from gcnet.report.draw import draw_coco
 
@@ -167,7 +168,7 @@ def browse(
     """Statistics of the set and its ground truth drawn on the first ``limit`` images (all by
     default) into ``out_dir`` (PNGs, ``index.html``, ``stats.json``)."""
     if limit is not None and limit < 0:
-        raise ValueError(f"browse: limit must be >= 0, got {limit}")
+        raise UserError(f"--limit must be >= 0, got {limit}")
     image_dir, out = Path(image_dir), Path(out_dir)
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: image directory not found")

@@ -205,11 +205,11 @@ def cli_browse(args: argparse.Namespace) -> int:
 
 def cli_flops(args: argparse.Namespace) -> int:
     cfg, _, _ = resolve(args.config, None, args.overrides)
-    size = tuple(args.size) if args.size else None
-    count = count_flops(cfg, size)  # type: ignore[arg-type]
+    size = (int(args.size[0]), int(args.size[1])) if args.size else None
+    count = count_flops(cfg, size)
     overhead = None
     if cfg.model.backbone.gc_ratio is not None:
-        overhead = gc_overhead(count, count_flops(plain_twin(cfg), size))  # type: ignore[arg-type]
+        overhead = gc_overhead(count, count_flops(plain_twin(cfg), size))
     print(format_count(count, overhead))
     return 0
 

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gcnet.build import build
 from gcnet.config import Config
+from gcnet.errors import UserError
 from gcnet.structures import round_up_shape
 
 PARTS = ("backbone", "neck", "rpn_head", "roi_bbox", "roi_mask")
@@ -92,7 +93,7 @@ def count_flops(cfg: Config, image_size: tuple[int, int] | None = None) -> FlopC
     part by part (see the module docstring)."""
     w, h = cfg.data.scale if image_size is None else image_size
     if w < 1 or h < 1:
-        raise ValueError(f"count_flops: image size must be positive, got {image_size}")
+        raise UserError(f"image size must be positive, got {w}x{h}")
     hw = round_up_shape((h, w), cfg.data.size_divisor)
     roi = cfg.model.roi
     num_proposals = cfg.model.rpn.test_max_per_img

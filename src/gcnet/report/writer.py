@@ -53,8 +53,9 @@ def _worst(images: Sequence[ImageErrors], key: str, count: int) -> list[ImageErr
 
 
 def _failure_images(gt: dict[str, Any], results: list[dict[str, Any]], conf: Confusion, image_dir: Path,
-                    out_dir: Path, count: int) -> tuple[str, list[str]]:
-    """Ground truth | predictions of the worst images; (HTML, problems met)."""
+                    out_dir: Path, count: int) -> tuple[str, list[str], list[tuple[int, Path]]]:
+    """Ground truth | predictions of the worst images: (HTML, problems met, (image id, PNG) of
+    each drawing in the page's order)."""
     images = {int(im["id"]): im for im in gt.get("images", [])}
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt.get("categories", [])}
     labels = {c: i for i, c in enumerate(conf.cat_ids)}
@@ -66,6 +67,7 @@ def _failure_images(gt: dict[str, Any], results: list[dict[str, Any]], conf: Con
         if float(r["score"]) >= conf.score_thr:
             det_by_image.setdefault(int(r["image_id"]), []).append(r)
     parts, problems = [], []
+    drawn: list[tuple[int, Path]] = []
     for key, title in (("missed", "Most missed ground truth"), ("false", "Most false detections")):
         worst = _worst(conf.images, key, count)
         parts.append(f"<h3>{H.esc(title)}</h3>")
@@ -86,10 +88,11 @@ def _failure_images(gt: dict[str, Any], results: list[dict[str, Any]], conf: Con
             rel = f"images/{key}_{rank}.png"
             (out_dir / "images").mkdir(parents=True, exist_ok=True)
             panel.save(out_dir / rel)
+            drawn.append((errors.image_id, out_dir / rel))
             caption = (f"{info['file_name']} (id {errors.image_id}): {errors.missed} missed, "
                        f"{errors.false} false, {errors.correct} correct of {errors.num_gt} ground truth")
             parts.append(H.figure(rel, caption))
-    return "\n".join(parts), problems
+    return "\n".join(parts), problems, drawn
 
 
 def _metrics_section(stats: CocoStats) -> str:
@@ -119,7 +122,8 @@ def _confusion_table(conf: Confusion) -> str:
 
 
 def _overview(paths: Iterable[Path], out: Path, width: int = 1400) -> Path | None:
-    """The figures stacked into one PNG (to share or embed the report as one picture)."""
+    """The figures (and the worst images) stacked into one PNG, to share or embed the report as one
+    picture; paths that do not exist are left out."""
     panels = [Image.open(p).convert("RGB") for p in paths if p.is_file()]
     if not panels:
         return None
@@ -191,7 +195,7 @@ def write_report(
     def fig(key: str, caption: str) -> str:
         return H.figure(figures[key].relative_to(out).as_posix(), caption) if key in figures else ""
 
-    failures, problems = _failure_images(gt, dets, conf, Path(image_dir), out, num_images)
+    failures, problems, drawn = _failure_images(gt, dets, conf, Path(image_dir), out, num_images)
     missing = [] if have_plots else [H.note(MISSING_MATPLOTLIB)]
     sections = [
         ("metrics", "COCO metrics", _metrics_section(stats) + "<p>Every number: <a href=\"metrics.json\">"
@@ -219,8 +223,13 @@ def write_report(
         ["written", datetime.datetime.now().strftime("%Y-%m-%d %H:%M")]], css_class="meta")
     (out / "index.html").write_text(H.page(title, sections, meta), encoding="utf-8")
     if have_plots:
-        _overview([figures[k] for k in ("class_ap", "pr", "confusion", "training") if k in figures],
-                  out / "overview.png")
+        shown = [figures[k] for k in ("class_ap", "pr", "confusion", "training") if k in figures]
+        worst: dict[int, Path] = {}  # the image with the most misses, another with the most false detections
+        for key in ("missed", "false"):
+            first = next(((i, path) for i, path in drawn if path.name.startswith(f"{key}_") and i not in worst), None)
+            if first is not None:
+                worst[first[0]] = first[1]
+        _overview(shown + list(worst.values()), out / "overview.png")
     return out / "index.html"
 
 
