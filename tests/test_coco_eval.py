@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from gcnet.engine import teardown_distributed
 from gcnet.evaluation import detections_to_coco, evaluate_coco, faster_available, gather_results
 from gcnet.structures import Detections
 
@@ -138,7 +139,7 @@ def _gather_worker(rank: int, init_file: str, out_file: str) -> None:
     if rank == 0:
         with open(out_file, "w") as f:
             json.dump(merged, f)
-    dist.destroy_process_group()
+    teardown_distributed(barrier=True)  # gloo on torch < 2.8 can deadlock without it
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from torch import nn
 
 from gcnet.config import BackboneConfig, ModelConfig
 from gcnet.engine import convert_sync_batchnorm, find_free_port, get_rank, get_world_size, unwrap, wrap_ddp
-from gcnet.engine.distributed import all_reduce_max
+from gcnet.engine.distributed import all_reduce_max, teardown_distributed
 
 torch.set_num_threads(1)
 
@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # the Trainer: 1 image per rank per micro-batch, 2 micro-batches per step
     _trainer_run(Path(out) / "ddp", 1, rank, world)
     _patience_run(Path(out) / "patience", rank, world)
-    dist.destroy_process_group()
+    teardown_distributed(barrier=True)  # gloo on torch < 2.8 can deadlock without it
 
 
 @pytest.fixture(scope="module")

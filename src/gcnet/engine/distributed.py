@@ -92,9 +92,15 @@ def init_distributed(
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def teardown_distributed() -> None:
-    """Leave the process group (if any) so the process can exit without hanging."""
+def teardown_distributed(barrier: bool = False) -> None:
+    """Leave the process group (if any) so the process can exit without hanging.
+
+    ``barrier``: wait for every rank first (after a normal finish). Gloo on torch < 2.8 can deadlock
+    when one rank destroys its group while another still finishes its last collective; on an error
+    path leave it off, since a dead rank would make the barrier wait for the group's timeout."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
