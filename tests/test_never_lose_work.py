@@ -178,3 +178,27 @@ def test_validation_metrics_best_checkpoint_and_patience(tmp_path: Path, monkeyp
     assert calls == [2, 4]
     trained = [r for r in read_log(tmp_path / "eval") if r.get("mode") != "val"]
     assert _strip(trained) == _strip(read_log(tmp_path / "plain"))
+
+
+def test_cli_ctrl_c_exits_130_and_resume_finishes(tmp_path: Path, monkeypatch, capsys) -> None:
+    from gcnet.cli import main
+    from gcnet.data import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=0, image_size=(64, 64),
+                                object_size=(12, 30), max_objects=2)
+    original = Trainer._on_iter_end
+
+    def interrupted(self: Trainer, record: dict) -> bool:
+        if record["global_step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: handled by the trainer, not KeyboardInterrupt
+        return original(self, record)
+
+    argv = ["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
+            "--work-dir", str(tmp_path / "work"), "--set", "train.epochs=2", "--set", "train.log_interval=1",
+            "--set", "data.workers_per_gpu=0", "--set", "data.scale=(64, 64)", "--set", "data.images_per_gpu=2"]
+    monkeypatch.setattr(Trainer, "_on_iter_end", interrupted)
+    assert main(argv) == 130
+    assert "stopped by SIGINT at epoch 1, iteration 1" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "_on_iter_end", original)
+    assert main([*argv, "--resume"]) == 0
+    assert _steps(tmp_path / "work") == [1, 2, 3, 4]
