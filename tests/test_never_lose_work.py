@@ -202,3 +202,26 @@ def test_cli_ctrl_c_exits_130_and_resume_finishes(tmp_path: Path, monkeypatch, c
     monkeypatch.setattr(Trainer, "_on_iter_end", original)
     assert main([*argv, "--resume"]) == 0
     assert _steps(tmp_path / "work") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_an_undecodable_image_met_with_loader_workers_stops_train_in_one_line(tmp_path: Path) -> None:
+    """A PNG whose header reads but whose pixels do not (so the check at load passes it), met by a
+    DataLoader worker mid-epoch: one error line, exit code 2, and the process exits (workers that
+    ignore SIGTERM once kept it from exiting)."""
+    import subprocess
+
+    from gcnet.data import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path / "data", num_train=6, num_val=0, image_size=(64, 64), seed=3)
+    victim = sorted(Path(paths["train_images"]).glob("*.png"))[-1]
+    victim.write_bytes(victim.read_bytes()[:80])  # IHDR intact, image data cut off
+    argv = [sys.executable, "-m", "gcnet", "train", "gcnet-demo", "--data", paths["train_ann"],
+            "--images", paths["train_images"], "--work-dir", str(tmp_path / "work"),
+            "--set", "data.scale=(64, 64)", "--set", "data.workers_per_gpu=1", "--set", "data.images_per_gpu=2",
+            "--set", "train.epochs=1", "--set", "train.warmup_iters=1"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in run.stderr

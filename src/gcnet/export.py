@@ -23,6 +23,8 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from gcnet.checkpoint import unwrap_model
+from gcnet.models.detector import TwoStageDetector
 from gcnet.structures import Detections, ImageMeta
 
 PartFn = Callable[[Tensor], tuple[Tensor, ...]]
@@ -31,7 +33,7 @@ PartFn = Callable[[Tensor], tuple[Tensor, ...]]
 class FeaturePart(nn.Module):
     """Backbone + FPN + RPN head as one static graph (shares the detector's modules)."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: TwoStageDetector) -> None:
         super().__init__()
         self.backbone = detector.backbone
         self.neck = detector.neck
@@ -55,18 +57,24 @@ class _TupleOut(nn.Module):
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def _stage_heads(detector: nn.Module, attr: str) -> list[nn.Module]:
+def _stage_heads(detector: TwoStageDetector, attr: str) -> list[nn.Module]:
     heads = getattr(detector.roi_head, attr, None)
     if heads is None:
         return []
     return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
 
 
-def detector_parts(detector: nn.Module) -> dict[str, nn.Module]:
+def as_detector(model: nn.Module) -> TwoStageDetector:
+    """``model`` as the detector whose parts export (DDP/compile wrappers unwrapped)."""
+    model = unwrap_model(model)
+    if not isinstance(model, TwoStageDetector):
+        raise TypeError(f"export: expected a gcnet TwoStageDetector, got {type(model).__name__}")
+    return model
+
+
+def detector_parts(model: nn.Module) -> dict[str, nn.Module]:
     """The exportable parts of a ``TwoStageDetector`` by name (``features``, ``bbox_head0``, ...)."""
-    for child in ("backbone", "neck", "rpn_head", "roi_head"):
-        if not hasattr(detector, child):
-            raise TypeError(f"export: model has no {child!r}; expected a gcnet TwoStageDetector")
+    detector = as_detector(model)
     parts: dict[str, nn.Module] = {"features": FeaturePart(detector)}
     for i, head in enumerate(_stage_heads(detector, "bbox_head")):
         parts[f"bbox_head{i}"] = _TupleOut(head)
@@ -75,7 +83,7 @@ def detector_parts(detector: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
-def _example_inputs(detector: nn.Module, image_size: tuple[int, int], batch: int = 1) -> dict[str, Tensor]:
+def _example_inputs(detector: TwoStageDetector, image_size: tuple[int, int], batch: int = 1) -> dict[str, Tensor]:
     """Example inputs for each part (random; shapes are what matter) on the detector's device."""
     h, w = image_size
     if h % 32 or w % 32:
@@ -97,7 +105,7 @@ def export_program(
     model: nn.Module, image_size: tuple[int, int], batch: int = 1
 ) -> dict[str, torch.export.ExportedProgram]:
     """``torch.export`` each part: ``features`` at the padded ``image_size`` (static), heads with a dynamic K."""
-    model = model.eval()
+    model = as_detector(model).eval()
     examples = _example_inputs(model, image_size, batch)
     programs = {}
     with torch.no_grad():
@@ -163,7 +171,7 @@ def export_onnx(
     Each file has one input ``x`` and outputs ``out0..``; head files have a dynamic first axis.
     """
     folder = _folder(path, "export_onnx")
-    model = model.eval()
+    model = as_detector(model).eval()
     examples = _example_inputs(model, image_size)
     files = {}
     with torch.no_grad():
@@ -273,7 +281,7 @@ class ExportedDetector(nn.Module):
     swapped for the parts.
     """
 
-    def __init__(self, detector: nn.Module, parts: DetectorParts) -> None:
+    def __init__(self, detector: TwoStageDetector, parts: DetectorParts) -> None:
         super().__init__()
         self.rpn_proposals = detector.rpn_proposals
         self.class_names = getattr(detector, "class_names", ())

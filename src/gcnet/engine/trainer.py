@@ -261,6 +261,18 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         batches = iter(loader)
+        try:
+            return self._run_batches(batches)
+        finally:
+            # Workers ignore SIGINT/SIGTERM (the main process saves), so at interpreter exit the
+            # multiprocessing atexit hook could not stop them while an exception's traceback keeps
+            # this iterator alive: stop them here, on every way out of the epoch.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _run_batches(self, batches: Iterator[Batch]) -> bool:
+        st, accum = self.state, self.cfg.train.grad_accum
         tick = time.perf_counter()
         while st.iter < self.iters_per_epoch:
             n_micro = min(accum, self.num_batches - st.iter * accum)
