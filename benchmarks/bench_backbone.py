@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1216)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall",
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
         help="wall: perf_counter latency; cpu: process CPU time (fairer on a shared machine)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only, do not append to RESULTS.md")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gcnet.config import DataConfig
-from gcnet.data import CocoDetection, build_loader, make_synthetic_coco, resize_to, rescale_size
+from gcnet.data import CocoDetection, build_loader, make_synthetic_coco, rescale_size, resize_to
 
 
 def loader_rate(ds: CocoDetection, cfg: DataConfig, workers: int) -> float:
@@ -56,8 +56,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model's training step runs")
     parser.add_argument("--model-iters", type=int, default=3)
     args = parser.parse_args()
-    paths = make_synthetic_coco(args.root, num_train=args.images, num_val=0,
-                                image_size=((400, 480), (560, 640)), seed=0)
+    paths = make_synthetic_coco(
+        args.root, num_train=args.images, num_val=0, image_size=((400, 480), (560, 640)), seed=0
+    )
     cfg = DataConfig(scale=(1333, 800), images_per_gpu=2)
     ds = CocoDetection(paths["train_ann"], paths["train_images"], cfg, train=True)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(ds)} images ~480x600 -> ~800x1067")
@@ -67,8 +68,10 @@ def main() -> None:
         rates[workers] = loader_rate(ds, cfg, workers)
         print(f"workers={workers}: {rates[workers]:.1f} images/s ({rates[workers] / rates[0]:.2f}x of 0 workers)")
     model_rate = model_images_per_second(args.device, args.model_iters)
-    print(f"model training step (R-50 GC r4 Mask R-CNN, 2 images, {args.device}): {model_rate:.2f} images/s;"
-          f" loader with 2 workers is {rates[2] / model_rate:.1f}x that")
+    print(
+        f"model training step (R-50 GC r4 Mask R-CNN, 2 images, {args.device}): {model_rate:.2f} images/s;"
+        f" loader with 2 workers is {rates[2] / model_rate:.1f}x that"
+    )
     print("resize 480x640 -> 800x1067:", resize_compare())
 
 

@@ -9,7 +9,8 @@ outside the timer), in one process, alternating the two models run by run; media
 Usage: python benchmarks/bench_detector.py [--repeats 5] [--threads 1] [--ablation] [--profile] [--write]
 Variants: ours and torchvision through ``gcnet.speed.prepare_for_inference`` (BN folded, NHWC,
 1x1 convs on oneDNN, 3x3 convs on NNPACK's Winograd: the same generic tricks for both), torchvision
-channels-last alone; ``--ablation`` adds ours with NHWC only, fold + NHWC, and the NCHW variant. Latency is the process CPU time
+channels-last alone; ``--ablation`` adds ours with NHWC only, fold + NHWC, and the NCHW variant.
+Latency is the process CPU time
 (``os.times``) with 1 thread (robust on a shared machine), and wall time (use it with threads > 1).
 ``--write`` appends a dated subsection to benchmarks/RESULTS.md.
 """
@@ -24,8 +25,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -145,18 +146,22 @@ def main() -> None:
             profiles = {k: profile_top(runs[k]) for k in ("gcnet", "gcnet prepare_for_inference")}
         names = list(runs)
         for r in range(args.repeats):  # rotate the order, so drifts in machine load hit all alike
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 wall, cpu = _time(runs[name])
                 times[name].append(wall)
                 cpu_times[name].append(cpu)
-            print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in cpu_times.items()) + " (CPU ms)", flush=True)
+            print(
+                f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in cpu_times.items()) + " (CPU ms)", flush=True
+            )
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu_times.items()}
     for k in runs:
-        print(f"{k}: median {medians[k]:.0f} ms wall ({medians[k] / medians['torchvision']:.2f}x), "
-              f"{cpu_medians[k]:.0f} ms CPU ({cpu_medians[k] / cpu_medians['torchvision']:.2f}x)")
+        print(
+            f"{k}: median {medians[k]:.0f} ms wall ({medians[k] / medians['torchvision']:.2f}x), "
+            f"{cpu_medians[k]:.0f} ms CPU ({cpu_medians[k] / cpu_medians['torchvision']:.2f}x)"
+        )
     for name, table in profiles.items():
         print(f"\n== profile {name} ==\n{table}")
     if args.write:

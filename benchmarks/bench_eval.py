@@ -1,6 +1,6 @@
 """COCO evaluation time: faster-coco-eval vs pycocotools on the same detections (bbox + segm).
 
-    python benchmarks/bench_eval.py [--images 200] [--dets 100]
+python benchmarks/bench_eval.py [--images 200] [--dets 100]
 """
 
 from __future__ import annotations
@@ -39,8 +39,15 @@ def fake_results(gt: dict, dets_per_image: int, seed: int = 0) -> list[dict]:
             m[y0 : int(y + bh) + 1, x0 : int(x + bw) + 1] = 1
             rle = mask_utils.encode(np.asfortranarray(m))
             rle["counts"] = rle["counts"].decode("ascii")
-            results.append({"image_id": img["id"], "category_id": cat, "bbox": [x, y, bw, bh],
-                            "score": float(rng.uniform(0.05, 1.0)), "segmentation": rle})
+            results.append(
+                {
+                    "image_id": img["id"],
+                    "category_id": cat,
+                    "bbox": [x, y, bw, bh],
+                    "score": float(rng.uniform(0.05, 1.0)),
+                    "segmentation": rle,
+                }
+            )
     return results
 
 
@@ -59,10 +66,16 @@ def main() -> None:
         start = time.perf_counter()
         stats[backend] = evaluate_coco(paths["val_ann"], results, backend=backend, verbose=False)
         times[backend] = time.perf_counter() - start
-        print(f"{backend}: {times[backend]:.2f} s  bbox AP {stats[backend]['bbox'][0]:.4f}  segm AP {stats[backend]['segm'][0]:.4f}")
+        print(
+            f"{backend}: {times[backend]:.2f} s  bbox AP {stats[backend]['bbox'][0]:.4f}  "
+            f"segm AP {stats[backend]['segm'][0]:.4f}"
+        )
     if "faster" in times:
         diff = max(abs(a - b) for t in ("bbox", "segm") for a, b in zip(stats["faster"][t], stats["pycocotools"][t]))
-        print(f"speed-up faster-coco-eval / pycocotools: {times['pycocotools'] / times['faster']:.2f}x; max stat diff {diff:.2e}")
+        print(
+            f"speed-up faster-coco-eval / pycocotools: {times['pycocotools'] / times['faster']:.2f}x; "
+            f"max stat diff {diff:.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,22 +37,38 @@ from gcnet.zoo import demo_config
 TARGET_CLASSES = ("circle", "triangle", "star")
 
 
-def _config(paths: dict[str, str], iters: int, images_per_iter: int, num_train: int, size: int,
-            load_from: str | None) -> Config:
+def _config(
+    paths: dict[str, str], iters: int, images_per_iter: int, num_train: int, size: int, load_from: str | None
+) -> Config:
     """The demo's model and schedule shape at ``size`` pixels, for ``iters`` iterations in all."""
     per_epoch = math.ceil(num_train / images_per_iter)
     epochs = max(1, math.ceil(iters / per_epoch))
     cfg = demo_config()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, train_ann=paths["train_ann"], train_images=paths["train_images"],
-        val_ann=paths.get("val_ann"), val_images=paths.get("val_images")))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            cfg.data,
+            train_ann=paths["train_ann"],
+            train_images=paths["train_images"],
+            val_ann=paths.get("val_ann"),
+            val_images=paths.get("val_images"),
+        ),
+    )
     last = max(1, round(0.75 * epochs))
     milestones = (last,) if last < epochs else ()
-    return apply_overrides(cfg, [
-        f"data.scale=({size}, {size})", f"data.images_per_gpu={images_per_iter}", "data.workers_per_gpu=1",
-        f"train.epochs={epochs}", f"train.milestones={milestones}", f"train.warmup_iters={min(50, iters // 4)}",
-        f"train.log_interval={max(1, per_epoch)}", f"train.load_from={load_from}",
-    ])
+    return apply_overrides(
+        cfg,
+        [
+            f"data.scale=({size}, {size})",
+            f"data.images_per_gpu={images_per_iter}",
+            "data.workers_per_gpu=1",
+            f"train.epochs={epochs}",
+            f"train.milestones={milestones}",
+            f"train.warmup_iters={min(50, iters // 4)}",
+            f"train.log_interval={max(1, per_epoch)}",
+            f"train.load_from={load_from}",
+        ],
+    )
 
 
 def _train_and_eval(cfg: Config, work: Path) -> tuple[float, float, float]:
@@ -79,10 +95,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch = 4
-    common: dict[str, Any] = dict(image_size=(args.size, args.size), object_size=(12, int(0.45 * args.size)),
-                                  max_objects=4)
-    target = make_synthetic_coco(args.out / "data3", num_train=args.train_images, num_val=60, seed=1,
-                                 classes=TARGET_CLASSES, **common)
+    common: dict[str, Any] = dict(
+        image_size=(args.size, args.size), object_size=(12, int(0.45 * args.size)), max_objects=4
+    )
+    target = make_synthetic_coco(
+        args.out / "data3", num_train=args.train_images, num_val=60, seed=1, classes=TARGET_CLASSES, **common
+    )
     timings: dict[str, float] = {}
     source = args.source
     if source is None:
@@ -100,10 +118,17 @@ def main() -> None:
     summary = {
         "date": date.today().isoformat(),
         "machine": f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} thread(s)",
-        "torch": torch.__version__, "python": platform.python_version(), "iters": args.iters,
-        "pretrain_iters": None if args.source else args.pretrain_iters, "source": source,
-        "images_per_iter": batch, "image_size": args.size, "train_images": args.train_images, "val_images": 60,
-        "runs": runs, **timings,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "iters": args.iters,
+        "pretrain_iters": None if args.source else args.pretrain_iters,
+        "source": source,
+        "images_per_iter": batch,
+        "image_size": args.size,
+        "train_images": args.train_images,
+        "val_images": 60,
+        "runs": runs,
+        **timings,
     }
     print(json.dumps(summary, indent=2))
     ft, sc = runs["fine-tuned"], runs["from scratch"]

@@ -56,12 +56,17 @@ def main() -> None:
             gc = gc_overhead(count, count_flops(plain_twin(entry.config)))
         flops = "".join(f'\n            "{p.name}": {p.flops},' for p in count.parts)
         share = None if gc is None else round(gc.flops_share, 6)
-        lines.append(f'    "{name}": {{\n        "params": {count.params},\n        "flops": {{{flops}\n        }},\n'
-                     f'        "gc_flops": {None if gc is None else gc.flops}, '
-                     f'"gc_params": {None if gc is None else gc.params}, "gc_flops_share": {share},\n    }},\n')
+        lines.append(
+            f'    "{name}": {{\n        "params": {count.params},\n        "flops": {{{flops}\n        }},\n'
+            f'        "gc_flops": {None if gc is None else gc.flops}, '
+            f'"gc_params": {None if gc is None else gc.params}, "gc_flops_share": {share},\n    }},\n'
+        )
         readme.append(f"| {name} | " + " | ".join(zoo_columns(count.params, count.flops, share)) + " |")
-        print(f"{name}: {count.params / 1e6:.1f} M params, {count.flops / 1e9:.1f} GFLOPs"
-              + ("" if gc is None else f", GC +{100 * gc.flops_share:.3f}%"), flush=True)
+        print(
+            f"{name}: {count.params / 1e6:.1f} M params, {count.flops / 1e9:.1f} GFLOPs"
+            + ("" if gc is None else f", GC +{100 * gc.flops_share:.3f}%"),
+            flush=True,
+        )
     lines.append("}\n")
     OUT.write_text("".join(lines))
     print(f"wrote {OUT} in {time.perf_counter() - start:.0f} s")

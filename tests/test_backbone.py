@@ -17,8 +17,9 @@ ALL_STAGES = (False, True, True, True)
 X101 = BackboneConfig(depth=101, groups=32, base_width=4, pretrained=None)
 
 
-def _spec_keys(blocks: tuple[int, ...], width: tuple[int, ...], groups: int, gc_planes: tuple[int, ...] | None,
-               dcn: bool) -> dict[str, tuple[int, ...]]:
+def _spec_keys(
+    blocks: tuple[int, ...], width: tuple[int, ...], groups: int, gc_planes: tuple[int, ...] | None, dcn: bool
+) -> dict[str, tuple[int, ...]]:
     """Expected backbone state_dict, written from spec sections 2.2, 3 and 8.2 (shapes included)."""
     keys: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
     keys.update({f"bn1.{b}": (64,) if b != "num_batches_tracked" else () for b in BN})
@@ -41,12 +42,18 @@ def _spec_keys(blocks: tuple[int, ...], width: tuple[int, ...], groups: int, gc_
                 keys[p + "conv2.conv_offset.bias"] = (18,)
             if s > 0 and gc_planes is not None:
                 q, g = p + "context_block.", gc_planes[s - 1]
-                keys.update({
-                    q + "conv_mask.weight": (1, out, 1, 1), q + "conv_mask.bias": (1,),
-                    q + "channel_add_conv.0.weight": (g, out, 1, 1), q + "channel_add_conv.0.bias": (g,),
-                    q + "channel_add_conv.1.weight": (g, 1, 1), q + "channel_add_conv.1.bias": (g, 1, 1),
-                    q + "channel_add_conv.3.weight": (out, g, 1, 1), q + "channel_add_conv.3.bias": (out,),
-                })
+                keys.update(
+                    {
+                        q + "conv_mask.weight": (1, out, 1, 1),
+                        q + "conv_mask.bias": (1,),
+                        q + "channel_add_conv.0.weight": (g, out, 1, 1),
+                        q + "channel_add_conv.0.bias": (g,),
+                        q + "channel_add_conv.1.weight": (g, 1, 1),
+                        q + "channel_add_conv.1.bias": (g, 1, 1),
+                        q + "channel_add_conv.3.weight": (out, g, 1, 1),
+                        q + "channel_add_conv.3.bias": (out,),
+                    }
+                )
         inplanes = out
     return keys
 
@@ -101,7 +108,9 @@ def test_spec_example_blocks() -> None:
     assert x101["layer3.0.context_block.channel_add_conv.3.weight"] == (1024, 256, 1, 1)
 
 
-@pytest.mark.parametrize("depth, channels", [(18, [64, 128, 256, 512]), (34, [64, 128, 256, 512]), (50, [256, 512, 1024, 2048])])
+@pytest.mark.parametrize(
+    "depth, channels", [(18, [64, 128, 256, 512]), (34, [64, 128, 256, 512]), (50, [256, 512, 1024, 2048])]
+)
 def test_output_shapes_and_strides(depth: int, channels: list[int]) -> None:
     model = ResNet(BackboneConfig(depth=depth, pretrained=None)).eval()
     assert model.out_channels == channels
@@ -286,8 +295,9 @@ def test_from_scratch_init_is_the_originals() -> None:
     """pretrained=None: Kaiming-normal fan_out convs (GC and offset convs too), zero biases, norms at
     1/0, DCN offsets zero, and the last norm of each block zero, so each block starts as relu(identity)."""
     torch.manual_seed(0)
-    cfg = BackboneConfig(depth=50, base_channels=16, gc_ratio=1 / 4, dcn_stages=(False, False, True, True),
-                         pretrained=None)
+    cfg = BackboneConfig(
+        depth=50, base_channels=16, gc_ratio=1 / 4, dcn_stages=(False, False, True, True), pretrained=None
+    )
     model = ResNet(cfg).eval()
     w = model.layer3[1].conv3.weight  # [256, 64, 1, 1]: fan_out = 256
     assert abs(w.std().item() / (2.0 / 256) ** 0.5 - 1) < 0.05

@@ -181,8 +181,9 @@ def test_format_row_shows_seed_numbers_from_the_zoo():
 
 
 def test_peer_is_torchvision_maskrcnn_with_forced_budget():
-    peer = bench.torchvision_peer(num_classes=3, proposals=50, detections=7, score_thresh=0.0,
-                                  data=DataConfig(scale=(96, 64)))
+    peer = bench.torchvision_peer(
+        num_classes=3, proposals=50, detections=7, score_thresh=0.0, data=DataConfig(scale=(96, 64))
+    )
     assert peer.rpn._pre_nms_top_n["testing"] == 50 and peer.rpn._post_nms_top_n["testing"] == 50
     assert peer.roi_heads.detections_per_img == 7 and peer.roi_heads.score_thresh == 0.0
     assert peer.roi_heads.box_predictor.cls_score.out_features == 4

@@ -189,8 +189,11 @@ def test_gradients_reach_every_parameter() -> None:
     feats = [f.requires_grad_() for f in make_feats(2, seed=5)]
     props = [random_proposals(40, 6), random_proposals(30, 7)]
     targets = [
-        Targets(torch.tensor([[5.0, 5, 30, 40], [20, 20, 60, 50]]), torch.tensor([0, 2]),
-                (torch.rand(2, 64, 64) > 0.3).to(torch.uint8)),
+        Targets(
+            torch.tensor([[5.0, 5, 30, 40], [20, 20, 60, 50]]),
+            torch.tensor([0, 2]),
+            (torch.rand(2, 64, 64) > 0.3).to(torch.uint8),
+        ),
         Targets(torch.tensor([[10.0, 30, 50, 60]]), torch.tensor([1]), torch.ones(1, 64, 64, dtype=torch.uint8)),
     ]
     losses = head(feats, props, [META, META], targets)

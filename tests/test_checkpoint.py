@@ -84,8 +84,7 @@ class EvilShell:
 def original_layout(state_dict: dict) -> dict:
     """What the original's publish script leaves in a .pth: state_dict (with _metadata) + meta."""
     sd = OrderedDict(state_dict)
-    sd._metadata = OrderedDict([("", {"version": 1}), ("backbone", {"version": 1}),
-                                ("backbone.bn1", {"version": 2})])
+    sd._metadata = OrderedDict([("", {"version": 1}), ("backbone", {"version": 1}), ("backbone.bn1", {"version": 2})])
     meta = {
         "mmdet_version": "2.0.0+8fc0542",
         "mmcv_version": "0.5.1",
@@ -110,8 +109,9 @@ def test_save_read_round_trip(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 4, 4)).sum().backward()
     opt.step()
-    path = save_checkpoint(tmp_path / "ckpt.pth", model, meta={"epoch": 3, "classes": ("a", "b")},
-                           optimizer=opt.state_dict(), iteration=7)
+    path = save_checkpoint(
+        tmp_path / "ckpt.pth", model, meta={"epoch": 3, "classes": ("a", "b")}, optimizer=opt.state_dict(), iteration=7
+    )
     sd, meta = read_checkpoint(path)
     assert meta == {"epoch": 3, "classes": ("a", "b")}
     assert list(sd) == list(model.state_dict())
@@ -142,25 +142,33 @@ def test_weights_only_refuses_code_execution(tmp_path):
 
 @pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
 def test_original_layout_loads(tmp_path, zipfile):
-    weights = {"module.backbone.conv1.weight": torch.arange(6.0).reshape(1, 6),
-               "module.backbone.layer2.0.conv2_offset.weight": torch.full((2, 2), 3.0),
-               "module.backbone.layer2.0.conv2_offset.bias": torch.tensor([1.0, 2.0]),
-               "module.backbone.bn1.num_batches_tracked": torch.tensor(5)}
+    weights = {
+        "module.backbone.conv1.weight": torch.arange(6.0).reshape(1, 6),
+        "module.backbone.layer2.0.conv2_offset.weight": torch.full((2, 2), 3.0),
+        "module.backbone.layer2.0.conv2_offset.bias": torch.tensor([1.0, 2.0]),
+        "module.backbone.bn1.num_batches_tracked": torch.tensor(5),
+    }
     ckpt = original_layout(weights)
     path = tmp_path / "orig.pth"
     torch.save(ckpt, path, _use_new_zipfile_serialization=zipfile)
     sd, meta = read_checkpoint(path)
     assert meta == ckpt["meta"]
     # module. stripped; DCN keys as in the file (renamed on load, where the model says which are DCN)
-    assert list(sd) == ["backbone.conv1.weight", "backbone.layer2.0.conv2_offset.weight",
-                        "backbone.layer2.0.conv2_offset.bias", "backbone.bn1.num_batches_tracked"]
+    assert list(sd) == [
+        "backbone.conv1.weight",
+        "backbone.layer2.0.conv2_offset.weight",
+        "backbone.layer2.0.conv2_offset.bias",
+        "backbone.bn1.num_batches_tracked",
+    ]
     assert torch.equal(sd["backbone.layer2.0.conv2_offset.bias"], torch.tensor([1.0, 2.0]))
     assert sd["backbone.bn1.num_batches_tracked"].dtype == torch.int64
 
 
 def test_numpy_metadata_under_old_and_new_module_names(tmp_path):
-    ckpt = {"state_dict": {"w": torch.ones(2)},
-            "meta": {"best": np.float64(0.397), "ids": np.arange(3, dtype=np.int32), "dt": np.dtype("f4")}}
+    ckpt = {
+        "state_dict": {"w": torch.ones(2)},
+        "meta": {"best": np.float64(0.397), "ids": np.arange(3, dtype=np.int32), "dt": np.dtype("f4")},
+    }
     path = tmp_path / "np.pth"
     torch.save(ckpt, path, _use_new_zipfile_serialization=False)
     data = path.read_bytes()
@@ -218,18 +226,27 @@ def test_shape_mismatch_raises_even_non_strict(tmp_path):
 
 
 def test_module_prefix_and_legacy_dcn_keys_load(tmp_path):
-    model = module_from_shapes({"backbone.layer2.0.conv2.weight": (2, 2, 3, 3),
-                                "backbone.layer2.0.conv2.conv_offset.weight": (18, 2, 3, 3),
-                                "backbone.layer2.0.conv2.conv_offset.bias": (18,)})
-    values = {"module.backbone.layer2.0.conv2.weight": torch.full((2, 2, 3, 3), 1.0),
-              "module.backbone.layer2.0.conv2_offset.weight": torch.full((18, 2, 3, 3), 2.0),
-              "module.backbone.layer2.0.conv2_offset.bias": torch.arange(18.0)}
+    model = module_from_shapes(
+        {
+            "backbone.layer2.0.conv2.weight": (2, 2, 3, 3),
+            "backbone.layer2.0.conv2.conv_offset.weight": (18, 2, 3, 3),
+            "backbone.layer2.0.conv2.conv_offset.bias": (18,),
+        }
+    )
+    values = {
+        "module.backbone.layer2.0.conv2.weight": torch.full((2, 2, 3, 3), 1.0),
+        "module.backbone.layer2.0.conv2_offset.weight": torch.full((18, 2, 3, 3), 2.0),
+        "module.backbone.layer2.0.conv2_offset.bias": torch.arange(18.0),
+    }
     path = tmp_path / "legacy.pth"
     torch.save(original_layout(values), path, _use_new_zipfile_serialization=False)
     meta = load_checkpoint(model, path)
     assert meta["epoch"] == 12
-    conv2 = model.backbone.layer2[0].conv2 if isinstance(model.backbone.layer2, nn.Sequential) else \
-        getattr(model.backbone.layer2, "0").conv2
+    conv2 = (
+        model.backbone.layer2[0].conv2
+        if isinstance(model.backbone.layer2, nn.Sequential)
+        else getattr(model.backbone.layer2, "0").conv2
+    )
     assert torch.equal(conv2.weight, torch.ones(2, 2, 3, 3))
     assert torch.equal(conv2.conv_offset.weight, torch.full((18, 2, 3, 3), 2.0))
     assert torch.equal(conv2.conv_offset.bias, torch.arange(18.0))
@@ -272,10 +289,13 @@ def test_backbone_mismatch_message_r50_vs_x101(tmp_path):
     assert "config builds a ResNeXt-101 32x2d backbone (3,4,23,3 blocks)" in message
 
 
-@pytest.mark.parametrize("ckpt_kw, model_kw, words", [
-    (dict(), dict(dcn=True), ("ResNet-50 backbone", "ResNet-50 with DCN in c3,c4,c5")),
-    (dict(gc_div=4, width=4), dict(gc_div=16, width=4), ("GC r4", "GC r16")),
-])
+@pytest.mark.parametrize(
+    "ckpt_kw, model_kw, words",
+    [
+        (dict(), dict(dcn=True), ("ResNet-50 backbone", "ResNet-50 with DCN in c3,c4,c5")),
+        (dict(gc_div=4, width=4), dict(gc_div=16, width=4), ("GC r4", "GC r16")),
+    ],
+)
 def test_backbone_mismatch_dcn_and_gc(tmp_path, ckpt_kw, model_kw, words):
     path = _save_shapes(tmp_path / "c.pth", fake_backbone(**ckpt_kw))
     with pytest.raises(CheckpointError) as info:
@@ -295,8 +315,11 @@ def test_real_backbone_mismatch(tmp_path):
     holder = nn.Module()
     with torch.device("meta"):
         holder.backbone = backbone_mod.ResNet(BackboneConfig(depth=101, groups=32, base_width=4, pretrained=None))
-    with pytest.raises(CheckpointError, match=r"ResNet-50 backbone \(3,4,6,3 blocks\) but the config builds "
-                                              r"a ResNeXt-101 32x4d backbone \(3,4,23,3 blocks\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ResNet-50 backbone \(3,4,6,3 blocks\) but the config builds "
+        r"a ResNeXt-101 32x4d backbone \(3,4,23,3 blocks\)",
+    ):
         load_checkpoint(holder, path)
 
 
@@ -347,8 +370,10 @@ def test_save_refuses_what_weights_only_cannot_read(tmp_path):
 def test_resolve_url():
     assert resolve_url("torchvision://resnet50") == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
     assert resolve_url("torchvision://resnet101") == "https://download.pytorch.org/models/resnet101-63fe2227.pth"
-    assert resolve_url("open-mmlab://resnext101_32x4d") == \
-        "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth"
+    assert (
+        resolve_url("open-mmlab://resnext101_32x4d")
+        == "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth"
+    )
     assert resolve_url("https://example.org/a-12345678.pth") == "https://example.org/a-12345678.pth"
     # Zoo config names are the builder's to resolve (core knows no zoo); more in test_download.py.
     for name in ("torchvision://resnet7", "mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco"):

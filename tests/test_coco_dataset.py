@@ -50,20 +50,69 @@ def _dataset(tmp_path):
         ],
         "categories": [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 7, "bbox": [4, 4, 10, 20], "area": 200, "iscrowd": 0,
-             "segmentation": [[4, 4, 14, 4, 14, 24, 4, 24]]},
-            {"id": 11, "image_id": 1, "category_id": 3, "bbox": [32, 8, 16, 16], "area": 256, "iscrowd": 0,
-             "segmentation": _rle_uncompressed(square)},
-            {"id": 12, "image_id": 1, "category_id": 3, "bbox": [32, 8, 16, 16], "area": 256, "iscrowd": 0,
-             "segmentation": compressed},
-            {"id": 13, "image_id": 1, "category_id": 3, "bbox": [0, 0, 0.5, 10], "area": 5, "iscrowd": 0,
-             "segmentation": [[0, 0, 0.5, 0, 0.5, 10]]},  # w < 1: skipped
-            {"id": 14, "image_id": 1, "category_id": 7, "bbox": [0, 0, 64, 48], "area": 3072, "iscrowd": 1,
-             "segmentation": [[0, 0, 64, 0, 64, 48, 0, 48]]},  # crowd: not a training target
-            {"id": 15, "image_id": 2, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 1,
-             "segmentation": [[1, 1, 10, 1, 10, 10]]},
-            {"id": 16, "image_id": 3, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 0,
-             "segmentation": [[1, 1, 10, 1, 10, 10]]},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [4, 4, 10, 20],
+                "area": 200,
+                "iscrowd": 0,
+                "segmentation": [[4, 4, 14, 4, 14, 24, 4, 24]],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [32, 8, 16, 16],
+                "area": 256,
+                "iscrowd": 0,
+                "segmentation": _rle_uncompressed(square),
+            },
+            {
+                "id": 12,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [32, 8, 16, 16],
+                "area": 256,
+                "iscrowd": 0,
+                "segmentation": compressed,
+            },
+            {
+                "id": 13,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [0, 0, 0.5, 10],
+                "area": 5,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 0.5, 0, 0.5, 10]],
+            },  # w < 1: skipped
+            {
+                "id": 14,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [0, 0, 64, 48],
+                "area": 3072,
+                "iscrowd": 1,
+                "segmentation": [[0, 0, 64, 0, 64, 48, 0, 48]],
+            },  # crowd: not a training target
+            {
+                "id": 15,
+                "image_id": 2,
+                "category_id": 7,
+                "bbox": [1, 1, 9, 9],
+                "area": 81,
+                "iscrowd": 1,
+                "segmentation": [[1, 1, 10, 1, 10, 10]],
+            },
+            {
+                "id": 16,
+                "image_id": 3,
+                "category_id": 7,
+                "bbox": [1, 1, 9, 9],
+                "area": 81,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 10, 1, 10, 10]],
+            },
         ],
     }
     sizes = {"a.png": (48, 64), "b.png": (48, 64), "c.png": (48, 20), "d.png": (64, 48)}
@@ -85,14 +134,15 @@ def test_labels_filters_and_targets(tmp_path):
     assert tuple(image.shape) == (3, 64, 85) and meta.img_shape == (64, 85)
     assert meta.ori_shape == (48, 64) and meta.scale_factor == (85 / 64, 64 / 48) and not meta.flip
     sw, sh = 85 / 64, 64 / 48
-    expected = torch.tensor([[4 * sw, 4 * sh, 14 * sw, 24 * sh], [32 * sw, 8 * sh, 48 * sw, 24 * sh],
-                             [32 * sw, 8 * sh, 48 * sw, 24 * sh]])
+    expected = torch.tensor(
+        [[4 * sw, 4 * sh, 14 * sw, 24 * sh], [32 * sw, 8 * sh, 48 * sw, 24 * sh], [32 * sw, 8 * sh, 48 * sw, 24 * sh]]
+    )
     assert torch.allclose(targets.boxes, expected) and targets.boxes.dtype == torch.float32
     assert targets.labels.tolist() == [1, 0, 0] and targets.labels.dtype == torch.int64
     assert targets.masks.dtype == torch.uint8 and tuple(targets.masks.shape) == (3, 64, 85)
     # both RLE flavours decode to the same square; nearest resize: row r <- floor(r * 0.75)
     assert torch.equal(targets.masks[1], targets.masks[2])
-    rows = (np.floor(np.arange(64) * (48 / 64)).astype(int))
+    rows = np.floor(np.arange(64) * (48 / 64)).astype(int)
     cols = np.minimum(np.floor(np.arange(85) * (1 / (85 / 64))).astype(int), 63)
     assert np.array_equal(targets.masks[1].numpy(), square[rows][:, cols])
 
@@ -136,8 +186,16 @@ def _base():
     return {
         "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
         "categories": [{"id": 1, "name": "x"}],
-        "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
-                         "segmentation": [[1, 1, 11, 1, 11, 11]]}],
+        "annotations": [
+            {
+                "id": 5,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 10, 10],
+                "area": 100,
+                "segmentation": [[1, 1, 11, 1, 11, 11]],
+            }
+        ],
     }
 
 

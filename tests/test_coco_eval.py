@@ -33,8 +33,17 @@ def _gt() -> dict:
             m[y : y + h, x : x + w] = 1
             rle = mask_utils.encode(np.asfortranarray(m))
             rle["counts"] = rle["counts"].decode("ascii")
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(rng.choice([2, 5])),
-                         "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0, "segmentation": rle})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(rng.choice([2, 5])),
+                    "bbox": [x, y, w, h],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                    "segmentation": rle,
+                }
+            )
     return {"images": images, "annotations": anns, "categories": [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}]}
 
 
@@ -50,8 +59,15 @@ def _perturbed(gt: dict) -> list:
         rle = mask_utils.encode(np.asfortranarray(m))
         rle["counts"] = rle["counts"].decode("ascii")
         cat = a["category_id"] if rng.uniform() > 0.2 else 7 - a["category_id"]
-        out.append({"image_id": a["image_id"], "category_id": cat, "bbox": [x2 + 0.3, y2 - 0.2, w, h],
-                    "score": float(rng.uniform(0.1, 1.0)), "segmentation": rle})
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": cat,
+                "bbox": [x2 + 0.3, y2 - 0.2, w, h],
+                "score": float(rng.uniform(0.1, 1.0)),
+                "segmentation": rle,
+            }
+        )
     return out
 
 
@@ -105,8 +121,16 @@ def test_empty_results_give_coco_values(backend):
 
 def test_perfect_detections_score_one():
     gt = _gt()
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
-                "segmentation": a["segmentation"]} for a in gt["annotations"]]
+    results = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+            "segmentation": a["segmentation"],
+        }
+        for a in gt["annotations"]
+    ]
     stats = evaluate_coco(gt, results, backend="pycocotools", verbose=False)
     assert stats["bbox"][0] == pytest.approx(1.0) and stats["segm"][0] == pytest.approx(1.0)
 
@@ -114,10 +138,15 @@ def test_perfect_detections_score_one():
 def test_detections_to_coco_conversion():
     mask = torch.zeros(2, 5, 6, dtype=torch.bool)
     mask[0, 1:3, 2:5] = True
-    det = Detections(boxes=torch.tensor([[1.0, 2.0, 4.5, 6.0], [0.0, 0.0, 1.0, 1.0]]),
-                     scores=torch.tensor([0.9, 0.5]), labels=torch.tensor([1, 0]), masks=mask)
-    res = detections_to_coco([det, Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))],
-                             [42, 43], [3, 8])
+    det = Detections(
+        boxes=torch.tensor([[1.0, 2.0, 4.5, 6.0], [0.0, 0.0, 1.0, 1.0]]),
+        scores=torch.tensor([0.9, 0.5]),
+        labels=torch.tensor([1, 0]),
+        masks=mask,
+    )
+    res = detections_to_coco(
+        [det, Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))], [42, 43], [3, 8]
+    )
     assert len(res) == 2
     assert res[0]["image_id"] == 42 and res[0]["category_id"] == 8 and res[1]["category_id"] == 3
     assert res[0]["bbox"] == [1.0, 2.0, 3.5, 4.0] and res[0]["score"] == pytest.approx(0.9)

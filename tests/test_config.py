@@ -49,8 +49,14 @@ def test_the_core_owns_the_model_and_data_settings_and_the_catalogue_re_exports_
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_an_override_reaches_one_cascade_stage(stage: int) -> None:
     cfg = gcnet.zoo.get_config(CASCADE)
-    new = apply_overrides(cfg, [f"model.roi.stages.{stage}.pos_iou=0.65", f"model.roi.stages.{stage}.neg_iou=0.65",
-                                f"model.roi.stages.{stage}.target_stds.3=0.5"])
+    new = apply_overrides(
+        cfg,
+        [
+            f"model.roi.stages.{stage}.pos_iou=0.65",
+            f"model.roi.stages.{stage}.neg_iou=0.65",
+            f"model.roi.stages.{stage}.target_stds.3=0.5",
+        ],
+    )
     for i, (old, now) in enumerate(zip(cfg.model.roi.stages, new.model.roi.stages)):
         assert isinstance(now, RoIStageConfig)
         if i == stage:
@@ -67,9 +73,18 @@ def test_an_override_reaches_one_cascade_stage(stage: int) -> None:
 
 
 def test_overrides_reach_tuple_items_and_parse_by_the_fields_type() -> None:
-    cfg = apply_overrides(Config(), ["model.backbone.gc_stages.0=True", "data.scale.0=1000", "train.lr=1",
-                                     "model.backbone.norm=syncbn", "model.backbone.pretrained=open-mmlab://x",
-                                     "name=123", "data.mean=(1, 2, 3)"])
+    cfg = apply_overrides(
+        Config(),
+        [
+            "model.backbone.gc_stages.0=True",
+            "data.scale.0=1000",
+            "train.lr=1",
+            "model.backbone.norm=syncbn",
+            "model.backbone.pretrained=open-mmlab://x",
+            "name=123",
+            "data.mean=(1, 2, 3)",
+        ],
+    )
     assert cfg.model.backbone.gc_stages == (True, True, True, True)
     assert cfg.data.scale == (1000, 800)
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
@@ -80,10 +95,22 @@ def test_overrides_reach_tuple_items_and_parse_by_the_fields_type() -> None:
 def test_optional_fields_take_none() -> None:
     base = apply_overrides(Config(), ["train.amp=bf16", "train.grad_clip=10", "model.backbone.gc_ratio=0.0625"])
     assert (base.train.amp, base.train.grad_clip, base.model.backbone.gc_ratio) == ("bf16", 10.0, 0.0625)
-    cfg = apply_overrides(base, ["train.amp=None", "train.grad_clip=None", "model.backbone.gc_ratio=None",
-                                 "model.backbone.pretrained=None", "data.train_ann=None"])
+    cfg = apply_overrides(
+        base,
+        [
+            "train.amp=None",
+            "train.grad_clip=None",
+            "model.backbone.gc_ratio=None",
+            "model.backbone.pretrained=None",
+            "data.train_ann=None",
+        ],
+    )
     assert (cfg.train.amp, cfg.train.grad_clip, cfg.model.backbone.gc_ratio, cfg.model.backbone.pretrained) == (
-        None, None, None, None)
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,10 +123,14 @@ def test_optional_fields_take_none() -> None:
         ("data.mean=(1,2)", "data.mean: expected a tuple of 3 floats, got (1, 2)"),
         ("data.scale.2=5", "data.scale.2: expected an index 0..1 into a tuple of 2 ints"),
         ("data.flip_prob=1.5", "data.flip_prob: expected a float in [0, 1], got 1.5"),
-        ("model.backbone.gc_stages=(True, False)",
-         "model.backbone.gc_stages: expected a tuple of 4 bools, got (True, False)"),
-        ("model.backbone.gc_stages.0=1",
-         "model.backbone.gc_stages: expected a tuple of 4 bools, got (1, True, True, True)"),
+        (
+            "model.backbone.gc_stages=(True, False)",
+            "model.backbone.gc_stages: expected a tuple of 4 bools, got (True, False)",
+        ),
+        (
+            "model.backbone.gc_stages.0=1",
+            "model.backbone.gc_stages: expected a tuple of 4 bools, got (1, True, True, True)",
+        ),
         ("model.backbone.norm=gn", "model.backbone.norm: expected one of 'bn', 'syncbn', 'frozen_bn', got 'gn'"),
         ("model.backbone.depth=42", "model.backbone.depth: expected one of 18, 34, 50, 101, 152, got 42"),
         ("model.backbone.depth=None", "model.backbone.depth: expected an int, got None"),
@@ -112,8 +143,10 @@ def test_optional_fields_take_none() -> None:
         ("model.rpn.neg_iou=0.8", "model.rpn.neg_iou: expected at most pos_iou (0.7), got 0.8"),
         ("model.rpn.loss_bbox=l2", "model.rpn.loss_bbox: expected one of 'l1', 'smooth_l1', got 'l2'"),
         ("model.roi.stages.0.pos_iou=1.5", "model.roi.stages.0.pos_iou: expected a float in [0, 1], got 1.5"),
-        ("model.roi.stages.1.pos_iou=0.6",
-         "model.roi.stages.1: expected an index 0..0 into a tuple of RoIStageConfigs"),
+        (
+            "model.roi.stages.1.pos_iou=0.6",
+            "model.roi.stages.1: expected an index 0..0 into a tuple of RoIStageConfigs",
+        ),
         ("model.roi.num_samples=0", "model.roi.num_samples: expected an int >= 1, got 0"),
         ("model.roi.mask_size=30", "model.roi.mask_size: expected 2 * mask_roi_size = 28"),
         ("model.with_mask=yes", "model.with_mask: expected a bool, got 'yes'"),
@@ -135,16 +168,19 @@ def test_bad_overrides_are_one_line_naming_the_setting(override: str, message: s
 def test_a_bad_cascade_stage_is_named_by_its_index() -> None:
     cfg = gcnet.zoo.get_config(CASCADE)
     assert _error(["model.roi.stages.2.smooth_l1_beta=0"], cfg) == (
-        "model.roi.stages.2.smooth_l1_beta: expected a float > 0, got 0.0")
+        "model.roi.stages.2.smooth_l1_beta: expected a float > 0, got 0.0"
+    )
 
 
 def test_settings_that_must_agree_change_together() -> None:
     assert _error(["model.backbone.depth=18"]).startswith(
-        "model.neck.in_channels: expected (64, 128, 256, 512), the channels of the ResNet-18 stages")
+        "model.neck.in_channels: expected (64, 128, 256, 512), the channels of the ResNet-18 stages"
+    )
     cfg = apply_overrides(Config(), ["model.backbone.depth=18", "model.neck.in_channels=(64, 128, 256, 512)"])
     assert cfg.model.neck.in_channels == cfg.model.backbone.out_channels == (64, 128, 256, 512)
     assert _error(["model.neck.out_channels=128"]).startswith(
-        "model.rpn.in_channels: expected the neck's out_channels (128), got 256")
+        "model.rpn.in_channels: expected the neck's out_channels (128), got 256"
+    )
     assert _error(["model.neck.num_outs=4"]).startswith("model.rpn.strides: expected one stride per neck level (4)")
 
 
@@ -173,7 +209,8 @@ def test_class_names_set_the_heads_class_count() -> None:
     cfg = apply_overrides(cfg, ["class_names.1=fox"])
     assert cfg.class_names == ("cat", "fox") and cfg.model.roi.num_classes == 2
     assert _error(["model.roi.num_classes=3"]) == (
-        "model.roi.num_classes: expected 80, one per class name (it follows class_names: set those instead), got 3")
+        "model.roi.num_classes: expected 80, one per class name (it follows class_names: set those instead), got 3"
+    )
     with pytest.raises(ConfigError, match="model.roi.num_classes: expected 2"):
         dataclasses.replace(Config(), class_names=("a", "b"))
     five = with_class_names(gcnet.zoo.get_config(CASCADE), ("a", "b", "c", "d", "e"))
@@ -181,8 +218,11 @@ def test_class_names_set_the_heads_class_count() -> None:
     assert gcnet.zoo.mask_rcnn_config(class_names=("x",)).model.roi.num_classes == 1
 
 
-@pytest.mark.parametrize("make", [Config, lambda: gcnet.zoo.get_config(CASCADE), gcnet.demo.demo_config],
-                         ids=["default", "cascade-zoo", "demo"])
+@pytest.mark.parametrize(
+    "make",
+    [Config, lambda: gcnet.zoo.get_config(CASCADE), gcnet.demo.demo_config],
+    ids=["default", "cascade-zoo", "demo"],
+)
 def test_round_trip_through_plain_data(make) -> None:
     cfg = make()
     plain = config_to_dict(cfg)

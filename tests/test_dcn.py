@@ -60,9 +60,7 @@ def test_bilinear_sample_everywhere_including_borders(tap: tuple[int, int], dy: 
     layer = _single_tap_layer(tap, dy, dx)
     out = layer(img.view(1, 1, 6, 7))[0, 0]
     i, j = tap
-    expected = torch.tensor(
-        [[_bilinear(img, r - 1 + i + dy, c - 1 + j + dx) for c in range(7)] for r in range(6)]
-    )
+    expected = torch.tensor([[_bilinear(img, r - 1 + i + dy, c - 1 + j + dx) for c in range(7)] for r in range(6)])
     torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -22,8 +22,14 @@ torch.set_num_threads(1)
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Conv2d(4, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +50,7 @@ def _trainer_run(work: Path, images_per_gpu: int, rank: int, world: int) -> None
     from test_trainer import TinyDetector, make_trainer, tiny_config
 
     cfg = tiny_config(images_per_gpu=images_per_gpu, grad_accum=2, epochs=1)
-    cfg = cfg.__class__(model=ModelConfig(backbone=BackboneConfig(norm="syncbn")), data=cfg.data,
-                        train=cfg.train)
+    cfg = cfg.__class__(model=ModelConfig(backbone=BackboneConfig(norm="syncbn")), data=cfg.data, train=cfg.train)
     torch.manual_seed(0)
     trainer = make_trainer(cfg, work, TinyDetector(), n=8, num_replicas=world, rank=rank)
     trainer.fit()
@@ -60,8 +65,7 @@ def _patience_run(work: Path, rank: int, world: int) -> None:
     def evaluate(model: nn.Module, epoch: int) -> dict[str, list[float]]:
         return {"bbox": [0.5 if epoch == 1 else 0.4] + [0.0] * 11} if rank == 0 else {}
 
-    trainer = make_trainer(tiny_config(epochs=4, patience=1), work, evaluate_fn=evaluate, num_replicas=world,
-                           rank=rank)
+    trainer = make_trainer(tiny_config(epochs=4, patience=1), work, evaluate_fn=evaluate, num_replicas=world, rank=rank)
     trainer.fit()
     torch.save(torch.tensor([trainer.state.epoch, int(trainer.stopped_early)]), work / f"stop_{rank}.pt")
 

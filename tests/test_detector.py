@@ -21,8 +21,9 @@ def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
     return {f"{prefix}.{k}": ((c,) if k != "num_batches_tracked" else ()) for k in BN}
 
 
-def expected_keys(depth: int, groups: int, base_width: int, gc_ratio: float | None, dcn: bool,
-                  cascade: bool) -> dict[str, tuple[int, ...]]:
+def expected_keys(
+    depth: int, groups: int, base_width: int, gc_ratio: float | None, dcn: bool, cascade: bool
+) -> dict[str, tuple[int, ...]]:
     """Every state_dict key and shape of the original's detector, from the spec's naming rules."""
     blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
     keys: dict[str, tuple[int, ...]] = {"backbone.conv1.weight": (64, 3, 7, 7), **_bn("backbone.bn1", 64)}
@@ -48,35 +49,61 @@ def expected_keys(depth: int, groups: int, base_width: int, gc_ratio: float | No
                 keys.update(_bn(f"{p}.downsample.1", out))
             if gc_ratio is not None and stage > 0:
                 g, planes_gc = f"{p}.context_block", int(out * gc_ratio)
-                keys.update({f"{g}.conv_mask.weight": (1, out, 1, 1), f"{g}.conv_mask.bias": (1,),
-                             f"{g}.channel_add_conv.0.weight": (planes_gc, out, 1, 1),
-                             f"{g}.channel_add_conv.0.bias": (planes_gc,),
-                             f"{g}.channel_add_conv.1.weight": (planes_gc, 1, 1),
-                             f"{g}.channel_add_conv.1.bias": (planes_gc, 1, 1),
-                             f"{g}.channel_add_conv.3.weight": (out, planes_gc, 1, 1),
-                             f"{g}.channel_add_conv.3.bias": (out,)})
+                keys.update(
+                    {
+                        f"{g}.conv_mask.weight": (1, out, 1, 1),
+                        f"{g}.conv_mask.bias": (1,),
+                        f"{g}.channel_add_conv.0.weight": (planes_gc, out, 1, 1),
+                        f"{g}.channel_add_conv.0.bias": (planes_gc,),
+                        f"{g}.channel_add_conv.1.weight": (planes_gc, 1, 1),
+                        f"{g}.channel_add_conv.1.bias": (planes_gc, 1, 1),
+                        f"{g}.channel_add_conv.3.weight": (out, planes_gc, 1, 1),
+                        f"{g}.channel_add_conv.3.bias": (out,),
+                    }
+                )
         inplanes = out
     for i, c in enumerate((256, 512, 1024, 2048)):
         keys[f"neck.lateral_convs.{i}.conv.weight"] = (256, c, 1, 1)
         keys[f"neck.lateral_convs.{i}.conv.bias"] = (256,)
         keys[f"neck.fpn_convs.{i}.conv.weight"] = (256, 256, 3, 3)
         keys[f"neck.fpn_convs.{i}.conv.bias"] = (256,)
-    keys.update({"rpn_head.rpn_conv.weight": (256, 256, 3, 3), "rpn_head.rpn_conv.bias": (256,),
-                 "rpn_head.rpn_cls.weight": (3, 256, 1, 1), "rpn_head.rpn_cls.bias": (3,),
-                 "rpn_head.rpn_reg.weight": (12, 256, 1, 1), "rpn_head.rpn_reg.bias": (12,)})
+    keys.update(
+        {
+            "rpn_head.rpn_conv.weight": (256, 256, 3, 3),
+            "rpn_head.rpn_conv.bias": (256,),
+            "rpn_head.rpn_cls.weight": (3, 256, 1, 1),
+            "rpn_head.rpn_cls.bias": (3,),
+            "rpn_head.rpn_reg.weight": (12, 256, 1, 1),
+            "rpn_head.rpn_reg.bias": (12,),
+        }
+    )
     stages = [f".{i}" for i in range(3)] if cascade else [""]
     reg = 4 if cascade else 320
     for s in stages:
         bh, mh = f"roi_head.bbox_head{s}", f"roi_head.mask_head{s}"
-        keys.update({f"{bh}.shared_fcs.0.weight": (1024, 12544), f"{bh}.shared_fcs.0.bias": (1024,),
-                     f"{bh}.shared_fcs.1.weight": (1024, 1024), f"{bh}.shared_fcs.1.bias": (1024,),
-                     f"{bh}.fc_cls.weight": (81, 1024), f"{bh}.fc_cls.bias": (81,),
-                     f"{bh}.fc_reg.weight": (reg, 1024), f"{bh}.fc_reg.bias": (reg,)})
+        keys.update(
+            {
+                f"{bh}.shared_fcs.0.weight": (1024, 12544),
+                f"{bh}.shared_fcs.0.bias": (1024,),
+                f"{bh}.shared_fcs.1.weight": (1024, 1024),
+                f"{bh}.shared_fcs.1.bias": (1024,),
+                f"{bh}.fc_cls.weight": (81, 1024),
+                f"{bh}.fc_cls.bias": (81,),
+                f"{bh}.fc_reg.weight": (reg, 1024),
+                f"{bh}.fc_reg.bias": (reg,),
+            }
+        )
         for i in range(4):
             keys[f"{mh}.convs.{i}.conv.weight"] = (256, 256, 3, 3)
             keys[f"{mh}.convs.{i}.conv.bias"] = (256,)
-        keys.update({f"{mh}.upsample.weight": (256, 256, 2, 2), f"{mh}.upsample.bias": (256,),
-                     f"{mh}.conv_logits.weight": (80, 256, 1, 1), f"{mh}.conv_logits.bias": (80,)})
+        keys.update(
+            {
+                f"{mh}.upsample.weight": (256, 256, 2, 2),
+                f"{mh}.upsample.bias": (256,),
+                f"{mh}.conv_logits.weight": (80, 256, 1, 1),
+                f"{mh}.conv_logits.bias": (80,),
+            }
+        )
     return keys
 
 
@@ -90,8 +117,7 @@ def _meta_state(cfg: Config) -> dict[str, tuple[int, ...]]:
 def test_every_zoo_config_has_the_original_keys_and_shapes(name: str) -> None:
     cfg = ZOO[name].config
     bb = cfg.model.backbone
-    expected = expected_keys(bb.depth, bb.groups, bb.base_width, bb.gc_ratio,
-                             any(bb.dcn_stages), cfg.model.roi.cascade)
+    expected = expected_keys(bb.depth, bb.groups, bb.base_width, bb.gc_ratio, any(bb.dcn_stages), cfg.model.roi.cascade)
     got = _meta_state(cfg)
     assert sorted(set(expected) - set(got)) == [] and sorted(set(got) - set(expected)) == []
     assert {k: v for k, v in got.items() if expected[k] != v} == {}
@@ -120,11 +146,18 @@ def tiny_config(cascade: bool = False) -> Config:
 
         roi = dataclasses.replace(roi, stages=cascade_stages())
     model = ModelConfig(
-        backbone=BackboneConfig(depth=50, base_channels=8, gc_ratio=1 / 4, pretrained=None,
-                                frozen_stages=-1, norm_eval=False),
+        backbone=BackboneConfig(
+            depth=50, base_channels=8, gc_ratio=1 / 4, pretrained=None, frozen_stages=-1, norm_eval=False
+        ),
         neck=FPNConfig(in_channels=(32, 64, 128, 256), out_channels=32),
-        rpn=RPNConfig(in_channels=32, feat_channels=32, test_nms_pre=100, test_max_per_img=50,
-                      train_nms_pre=100, train_max_per_img=50),
+        rpn=RPNConfig(
+            in_channels=32,
+            feat_channels=32,
+            test_nms_pre=100,
+            test_max_per_img=50,
+            train_nms_pre=100,
+            train_max_per_img=50,
+        ),
         roi=roi,
     )
     return Config(name="tiny", model=model, class_names=("a", "b", "c"))
@@ -139,8 +172,7 @@ def _inputs() -> tuple[torch.Tensor, list[ImageMeta], list[Targets]]:
         masks = torch.zeros(2, h, w, dtype=torch.uint8)
         masks[0, 10:40, 20:60] = 1
         masks[1, 50:75, 5:30] = 1
-        targets.append(Targets(torch.tensor([[20.0, 10, 60, 40], [5, 50, 30, 75]]),
-                               torch.tensor([0, 2]), masks))
+        targets.append(Targets(torch.tensor([[20.0, 10, 60, 40], [5, 50, 30, 75]]), torch.tensor([0, 2]), masks))
     return images, metas, targets
 
 

@@ -25,6 +25,7 @@ from gcnet.checkpoint import (
 from gcnet.config import BackboneConfig
 from gcnet.models.backbone import ResNet, load_imagenet_weights
 
+
 class _Server:
     """Serves ``root``; a path starting ``/truncated/`` announces the whole file but sends half."""
 
@@ -39,7 +40,7 @@ class _Server:
             def do_GET(self) -> None:
                 log.append(self.path)
                 if self.path.startswith("/truncated/"):
-                    data = (root / self.path[len("/truncated/"):]).read_bytes()
+                    data = (root / self.path[len("/truncated/") :]).read_bytes()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -49,8 +50,7 @@ class _Server:
                 super().do_GET()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.stopped = False
         self.thread.start()
         self.root = root
@@ -127,8 +127,10 @@ def test_wrong_sha_prefix_fails_and_leaves_nothing(server, tmp_path):
     with pytest.raises(CheckpointError) as err:
         download(url, cache_dir=cache, progress=False)
     got = hashlib.sha256(data).hexdigest()[:8]
-    assert _one_line(err) == (f"download {url}: sha256 mismatch: expected prefix {wrong} (from the file "
-                              f"name), got {got}; the corrupt download was removed")
+    assert _one_line(err) == (
+        f"download {url}: sha256 mismatch: expected prefix {wrong} (from the file "
+        f"name), got {got}; the corrupt download was removed"
+    )
     assert list(cache.iterdir()) == []
     # A later call tries again rather than trusting anything left behind.
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
@@ -157,7 +159,7 @@ def test_unreachable_host_is_one_line(server, tmp_path):
     url = f"{server.base}/{name}"
     with pytest.raises(CheckpointError) as err:
         download(url, cache_dir=tmp_path / "c", progress=False)
-    assert _one_line(err).startswith(f"download {url}: could not reach {server.base[len('http://'):]} (")
+    assert _one_line(err).startswith(f"download {url}: could not reach {server.base[len('http://') :]} (")
     assert list((tmp_path / "c").iterdir()) == []
 
 
@@ -200,8 +202,10 @@ def _tiny_resnet18() -> ResNet:
 def test_pretrained_backbone_through_the_same_path(server, tmp_path, monkeypatch):
     monkeypatch.setenv("GCNET_HOME", str(tmp_path / "home"))
     gen = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-             for k, v in _tiny_resnet18().state_dict().items()}
+    state = {
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in _tiny_resnet18().state_dict().items()
+    }
     state["fc.weight"] = torch.zeros(10, 64)  # the classifier torchvision files carry, dropped
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -227,16 +231,22 @@ def test_resolve_url():
     assert resolve_url("torchvision://resnet18") == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     for name, url in PRETRAINED_URLS.items():
         if name.startswith("torchvision://"):
-            model = name[len("torchvision://"):]
+            model = name[len("torchvision://") :]
             assert torchvision.models.get_model_weights(model)["IMAGENET1K_V1"].url == url
     for url in ("http://127.0.0.1:1/b.pth", "file:///tmp/c.pth"):
         assert resolve_url(url) == url
 
 
-@pytest.mark.parametrize("name", [
-    "mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco",  # zoo names: the application layer's builder resolves them
-    "torchvision://resnet7", "torchvision://vit_h_14", "open-mmlab://nothing", "s3://bucket/x.pth",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco",  # zoo names: the application layer's builder resolves them
+        "torchvision://resnet7",
+        "torchvision://vit_h_14",
+        "open-mmlab://nothing",
+        "s3://bucket/x.pth",
+    ],
+)
 def test_unknown_names_are_one_line_errors(name):
     with pytest.raises(CheckpointError, match="unknown checkpoint name") as err:
         resolve_url(name)
@@ -248,4 +258,3 @@ def test_load_checkpoint_takes_no_zoo_names(tmp_path, monkeypatch):
     name = "mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco"
     with pytest.raises(CheckpointError, match=f"{name}: checkpoint file not found"):
         load_checkpoint(nn.Linear(1, 1), name)
-

@@ -46,8 +46,9 @@ def test_parts_cover_every_stage(setup):
     model, *_ = setup
     parts = export.detector_parts(model)
     stages = len(model.cfg.roi.stages)
-    assert sorted(parts) == sorted(["features", *[f"bbox_head{i}" for i in range(stages)],
-                                    *[f"mask_head{i}" for i in range(stages)]])
+    assert sorted(parts) == sorted(
+        ["features", *[f"bbox_head{i}" for i in range(stages)], *[f"mask_head{i}" for i in range(stages)]]
+    )
 
 
 def test_exported_program_equals_eager(setup):
@@ -60,8 +61,11 @@ def test_exported_program_equals_eager(setup):
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
     # the box head takes any number of RoIs, 0 included
-    head = model.roi_head.bbox_head[0] if isinstance(model.roi_head.bbox_head, torch.nn.ModuleList) \
+    head = (
+        model.roi_head.bbox_head[0]
+        if isinstance(model.roi_head.bbox_head, torch.nn.ModuleList)
         else model.roi_head.bbox_head
+    )
     run = export.program_runner(programs["bbox_head0"])
     for k in (0, 1, 7):
         x = torch.randn(k, 32, 7, 7)
@@ -80,8 +84,9 @@ def test_exported_glue_is_the_eager_code(setup):
     model, images, metas, ref = setup
     eager = export.detector_parts(model)
     heads = lambda prefix: [eager[n] for n in sorted(eager) if n.startswith(prefix)]  # noqa: E731
-    parts = export.DetectorParts(features=eager["features"], bbox_heads=heads("bbox_head"),
-                                 mask_heads=heads("mask_head"))
+    parts = export.DetectorParts(
+        features=eager["features"], bbox_heads=heads("bbox_head"), mask_heads=heads("mask_head")
+    )
     out = export.ExportedDetector(model, parts)(images, metas)
     assert sum(len(d) for d in ref) > 0
     for a, b in zip(ref, out):
@@ -138,8 +143,11 @@ def test_onnx_equals_eager(setup, tmp_path):
     for g, e in zip(got, _eager_part_outputs(model, images)):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
     mask_run = export.onnx_runner(files["mask_head0"])
-    head = model.roi_head.mask_head[0] if isinstance(model.roi_head.mask_head, torch.nn.ModuleList) \
+    head = (
+        model.roi_head.mask_head[0]
+        if isinstance(model.roi_head.mask_head, torch.nn.ModuleList)
         else model.roi_head.mask_head
+    )
     x = torch.randn(5, 32, 14, 14)
     with torch.no_grad():
         torch.testing.assert_close(mask_run(x)[0], head(x), atol=1e-4, rtol=1e-4)

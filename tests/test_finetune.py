@@ -89,15 +89,53 @@ def test_cli_trains_five_classes_then_fine_tunes_on_three(tmp_path: Path, capsys
     common = dict(num_val=2, image_size=(64, 64), object_size=(12, 30), max_objects=2)
     five = make_synthetic_coco(tmp_path / "five", num_train=4, seed=0, **common)  # type: ignore[arg-type]
     three = make_synthetic_coco(tmp_path / "three", num_train=4, seed=1, classes=THREE, **common)  # type: ignore[arg-type]
-    sets = ["--set", "train.epochs=1", "--set", "train.warmup_iters=1", "--set", "data.workers_per_gpu=0",
-            "--set", "data.scale=(64, 64)", "--set", "data.images_per_gpu=2"]
+    sets = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.warmup_iters=1",
+        "--set",
+        "data.workers_per_gpu=0",
+        "--set",
+        "data.scale=(64, 64)",
+        "--set",
+        "data.images_per_gpu=2",
+    ]
     first = tmp_path / "w5"
-    assert main(["train", "gcnet-demo", "--data", five["train_ann"], "--images", five["train_images"],
-                 "--work-dir", str(first), *sets]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "gcnet-demo",
+                "--data",
+                five["train_ann"],
+                "--images",
+                five["train_images"],
+                "--work-dir",
+                str(first),
+                *sets,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    argv = ["train", "gcnet-demo", "--data", three["train_ann"], "--images", three["train_images"],
-            "--val-data", three["val_ann"], "--val-images", three["val_images"], "--work-dir", str(tmp_path / "w3"),
-            "--load-from", str(first / "epoch_1.pth"), *sets]
+    argv = [
+        "train",
+        "gcnet-demo",
+        "--data",
+        three["train_ann"],
+        "--images",
+        three["train_images"],
+        "--val-data",
+        three["val_ann"],
+        "--val-images",
+        three["val_images"],
+        "--work-dir",
+        str(tmp_path / "w3"),
+        "--load-from",
+        str(first / "epoch_1.pth"),
+        *sets,
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "training on the 3 categories" in out
@@ -109,6 +147,22 @@ def test_cli_trains_five_classes_then_fine_tunes_on_three(tmp_path: Path, capsys
     assert main(argv) == 2  # the same command again: refused, saying how to go on
     err = capsys.readouterr().err
     assert "holds checkpoints of an earlier run" in err and "--resume" in err and "--overwrite" in err
-    assert main(["train", "gcnet-demo", "--data", five["train_ann"], "--images", five["train_images"],
-                 "--work-dir", str(tmp_path / "w"), "--load-from", str(tmp_path / "nope.pth"), *sets]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "gcnet-demo",
+                "--data",
+                five["train_ann"],
+                "--images",
+                five["train_images"],
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--load-from",
+                str(tmp_path / "nope.pth"),
+                *sets,
+            ]
+        )
+        == 2
+    )
     assert "nope.pth: checkpoint file not found" in capsys.readouterr().err

@@ -31,10 +31,13 @@ def _fake_count(module_factory, *shape):
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize(("name", "weights"), [
-    ("mask-rcnn_r50-syncbn_fpn_1x_coco", torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-    ("mask-rcnn_r101-syncbn_fpn_1x_coco", torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
-])
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [
+        ("mask-rcnn_r50-syncbn_fpn_1x_coco", torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+        ("mask-rcnn_r101-syncbn_fpn_1x_coco", torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+    ],
+)
 def test_backbone_matches_torchvision_published_gflops(name, weights):
     """torchvision publishes each classifier's multiply-adds at 224x224 (meta "_ops", GMACs): our
     backbone plus the classifier's fc layer must give the same number."""
@@ -62,6 +65,7 @@ def test_roi_heads_counted_at_the_forced_roi_numbers():
     """Box head: fc6 on 256x7x7, fc7, classifier (81) and regressor (80x4, or 4 class-agnostic)
     on 1000 RoIs; mask head: four 3x3 convs on 14x14, the 2x2 deconv, the 80-class logits on 28x28,
     on 100 RoIs; the cascade has three of each."""
+
     def box(reg: int) -> int:
         return 2 * 1000 * (256 * 49 * 1024 + 1024 * 1024 + 1024 * 81 + 1024 * reg)
 
@@ -134,6 +138,10 @@ def test_cli_flops_and_zoo_columns(capsys):
     out = capsys.readouterr().out
     assert "GFLOPs" in out
     line = next(line for line in out.splitlines() if line.startswith(R50_GC16))
-    assert line.split()[-3:] == list(zoo_columns(ZOO_FLOPS[R50_GC16]["params"],
-                                                 sum(ZOO_FLOPS[R50_GC16]["flops"].values()),
-                                                 ZOO_FLOPS[R50_GC16]["gc_flops_share"]))
+    assert line.split()[-3:] == list(
+        zoo_columns(
+            ZOO_FLOPS[R50_GC16]["params"],
+            sum(ZOO_FLOPS[R50_GC16]["flops"].values()),
+            ZOO_FLOPS[R50_GC16]["gc_flops_share"],
+        )
+    )

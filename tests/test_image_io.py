@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -105,8 +105,10 @@ def test_a_16_bit_png_keeps_its_contrast(tmp_path: Path) -> None:
     assert got.min() == 0 and got.max() == 255 and len(np.unique(got)) > 10
 
 
-@pytest.mark.parametrize("mode,values", [("F", RNG.uniform(-3, 300, (H, W)).astype(np.float32)),
-                                         ("I", RNG.integers(-5, 70000, (H, W)).astype(np.int32))])
+@pytest.mark.parametrize(
+    "mode,values",
+    [("F", RNG.uniform(-3, 300, (H, W)).astype(np.float32)), ("I", RNG.integers(-5, 70000, (H, W)).astype(np.int32))],
+)
 def test_32_bit_samples_follow_opencvs_own_conversion_rules(mode: str, values: np.ndarray, tmp_path: Path) -> None:
     """OpenCV's IMREAD_COLOR reads no 32-bit TIFF (it returns None): floats take its convertTo rule
     (round half to even, saturate), integers its 16-bit rule (clip to 16 bits, high byte)."""
@@ -147,8 +149,10 @@ def test_undecodable_and_missing_files_name_the_file(tmp_path: Path) -> None:
 
 def test_a_worker_traceback_is_cut_back_to_its_line() -> None:
     """torch's DataLoader re-raises a worker's error as DatasetError(whole traceback text)."""
-    text = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-            '  File "x.py", line 1, in f\n    raise DatasetError(...)\n'
-            "gcnet.data.image_io.DatasetError: img/a.png: cannot decode image (truncated)\n")
+    text = (
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise DatasetError(...)\n'
+        "gcnet.data.image_io.DatasetError: img/a.png: cannot decode image (truncated)\n"
+    )
     err = DatasetError(text)
     assert str(err) == "img/a.png: cannot decode image (truncated)" and err.worker_traceback == text

@@ -12,11 +12,10 @@ from PIL import Image
 
 from gcnet.checkpoint import save_checkpoint
 from gcnet.cli import main
-from gcnet.zoo import demo_config
-from gcnet.inference import predict
-from gcnet.models.detector import build_model
 from gcnet.errors import UserError
-from gcnet.inference import expand_image_paths
+from gcnet.inference import expand_image_paths, predict
+from gcnet.models.detector import build_model
+from gcnet.zoo import demo_config
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +74,17 @@ def test_cli_predict_writes_pngs_and_json(demo_model, tmp_path) -> None:
     ckpt = save_checkpoint(tmp_path / "demo.pth", demo_model)
     paths = _images(tmp_path)[:2]
     out = tmp_path / "out"
-    argv = ["predict", "gcnet-demo", "--checkpoint", str(ckpt), *map(str, paths), "--out", str(out),
-            "--score-thr", "0.0"]
+    argv = [
+        "predict",
+        "gcnet-demo",
+        "--checkpoint",
+        str(ckpt),
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--score-thr",
+        "0.0",
+    ]
     assert main(argv) == 0
     for path in paths:
         image = Image.open(out / f"{path.stem}.png")
@@ -103,12 +111,27 @@ def test_cli_predict_takes_directories_and_keeps_same_named_images_apart(demo_mo
         (tmp_path / sub / "same.png").write_bytes(path.read_bytes())
     (tmp_path / "a" / "notes.txt").write_text("not an image")  # ignored: not an image suffix
     out = tmp_path / "out"
-    assert main(["predict", "gcnet-demo", "--checkpoint", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "gcnet-demo",
+                "--checkpoint",
+                str(ckpt),
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("*.png")) == ["same_0.png", "same_1.png"]
     header = json.loads((out / "images.json").read_text())
-    assert [im["file_name"] for im in header["images"]] == [str(tmp_path / "a" / "same.png"),
-                                                             str(tmp_path / "b" / "same.png")]
+    assert [im["file_name"] for im in header["images"]] == [
+        str(tmp_path / "a" / "same.png"),
+        str(tmp_path / "b" / "same.png"),
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty: directory has no image files"):
         expand_image_paths([tmp_path / "empty"])
@@ -129,8 +152,20 @@ def test_cli_errors_are_messages_not_traces(tmp_path, capsys) -> None:
     assert main(["predict", "gcnet-demo", "--checkpoint", "x", str(tmp_path / "a.png"), "--out", str(tmp_path)]) == 2
     assert "a.png: no such image file or directory" in capsys.readouterr().err  # checked before the model loads
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    assert main(["predict", "gcnet-demo", "--checkpoint", str(tmp_path / "missing.pth"), str(tmp_path / "a.png"),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "gcnet-demo",
+                "--checkpoint",
+                str(tmp_path / "missing.pth"),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "missing.pth" in capsys.readouterr().err
     assert main(["train", "gcnet-demo", "--set", "train.nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
@@ -147,24 +182,77 @@ def test_cli_train_then_test_on_the_synthetic_set(tmp_path, capsys) -> None:
 
     paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(96, 96), seed=1)
     work = tmp_path / "work"
-    overrides = ["--set", "train.epochs=1", "--set", "train.warmup_iters=2", "--set", "data.workers_per_gpu=0",
-                 "--set", "data.scale=(96, 96)", "--set", "data.images_per_gpu=2",
-                 "--set", "class_names=('x', 'y')"]  # the data's 5 categories replace these
-    assert main(["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
-                 "--work-dir", str(work), *overrides]) == 0
+    overrides = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.warmup_iters=2",
+        "--set",
+        "data.workers_per_gpu=0",
+        "--set",
+        "data.scale=(96, 96)",
+        "--set",
+        "data.images_per_gpu=2",
+        "--set",
+        "class_names=('x', 'y')",
+    ]  # the data's 5 categories replace these
+    assert (
+        main(
+            [
+                "train",
+                "gcnet-demo",
+                "--data",
+                paths["train_ann"],
+                "--images",
+                paths["train_images"],
+                "--work-dir",
+                str(work),
+                *overrides,
+            ]
+        )
+        == 0
+    )
     assert (work / "epoch_1.pth").is_file() and (work / "log.jsonl").is_file()
     assert "training on the 5 categories" in capsys.readouterr().out
     out = tmp_path / "results.json"
     # the checkpoint records the (96, 96) scale and the 5 classes it was trained with: no --set needed
-    assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data", paths["val_ann"],
-                 "--images", paths["val_images"], "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "gcnet-demo",
+                "--checkpoint",
+                str(work / "epoch_1.pth"),
+                "--data",
+                paths["val_ann"],
+                "--images",
+                paths["val_images"],
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     printed = captured.out
     assert "records its own config" in captured.err and "data.scale: (160, 160) -> (96, 96)" in captured.err
     assert "Average Precision" in printed and "segm" in printed
     assert isinstance(json.loads(out.read_text()), list)
-    assert main(["test", "gcnet-demo", "--checkpoint", str(work / "epoch_1.pth"), "--data",
-                 str(tmp_path / "nope.json"), "--images", paths["val_images"]]) == 2
+    assert (
+        main(
+            [
+                "test",
+                "gcnet-demo",
+                "--checkpoint",
+                str(work / "epoch_1.pth"),
+                "--data",
+                str(tmp_path / "nope.json"),
+                "--images",
+                paths["val_images"],
+            ]
+        )
+        == 2
+    )
     assert "nope.json" in capsys.readouterr().err
 
 

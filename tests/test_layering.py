@@ -15,11 +15,34 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "gcnet"
 
 # first component under gcnet -> layer (0 core, 1 catalogue, 2 applications)
-CORE = {"layers", "boxes", "structures", "models", "data", "checkpoint", "evaluation", "errors",
-        "paths", "visualise", "speed"}
+CORE = {
+    "layers",
+    "boxes",
+    "structures",
+    "models",
+    "data",
+    "checkpoint",
+    "evaluation",
+    "errors",
+    "paths",
+    "visualise",
+    "speed",
+}
 CATALOGUE = {"config", "zoo", "zoo_flops"}
-APPLICATIONS = {"build", "inference", "engine", "bench", "export", "demo", "cli", "__init__", "__main__",
-                "report", "browse", "flops"}
+APPLICATIONS = {
+    "build",
+    "inference",
+    "engine",
+    "bench",
+    "export",
+    "demo",
+    "cli",
+    "__init__",
+    "__main__",
+    "report",
+    "browse",
+    "flops",
+}
 LAYER_NAMES = ("core", "catalogue", "applications")
 
 
@@ -80,8 +103,12 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_no_upward_import() -> None:
-    upward = [f"{m} ({LAYER_NAMES[layer_of(m)]}) imports {t} ({LAYER_NAMES[layer_of(t)]})"
-              for m, targets in GRAPH.items() for t in sorted(targets) if layer_of(t) > layer_of(m)]
+    upward = [
+        f"{m} ({LAYER_NAMES[layer_of(m)]}) imports {t} ({LAYER_NAMES[layer_of(t)]})"
+        for m, targets in GRAPH.items()
+        for t in sorted(targets)
+        if layer_of(t) > layer_of(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -94,7 +121,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -112,21 +139,30 @@ def test_no_import_cycle() -> None:
     assert cycle is None, " -> ".join(cycle or [])
 
 
-@pytest.mark.parametrize(("graph", "has_cycle"), [
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, False),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
-    ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, False),
-])
+@pytest.mark.parametrize(
+    ("graph", "has_cycle"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, False),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
+        ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, False),
+    ],
+)
 def test_the_cycle_finder_itself(graph: dict[str, set[str]], has_cycle: bool) -> None:
     assert (_find_cycle(graph) is not None) == has_cycle
 
 
 def test_function_local_imports_are_seen() -> None:
     """The walker reads imports inside functions too (the dodge this test exists to catch)."""
-    source = ("from gcnet.checkpoint.io import atomic_write\n"
-              "def f():\n    from gcnet.zoo import ZOO\n    import gcnet.config\n"
-              "class C:\n    def g(self):\n        from gcnet.data import load_image\n")
+    source = (
+        "from gcnet.checkpoint.io import atomic_write\n"
+        "def f():\n    from gcnet.zoo import ZOO\n    import gcnet.config\n"
+        "class C:\n    def g(self):\n        from gcnet.data import load_image\n"
+    )
     assert imports_in(source, "gcnet.checkpoint.remote") == {
-        "gcnet.checkpoint.io", "gcnet.zoo", "gcnet.config", "gcnet.data"}
+        "gcnet.checkpoint.io",
+        "gcnet.zoo",
+        "gcnet.config",
+        "gcnet.data",
+    }
     # and such an import would be reported as upward
     assert layer_of("gcnet.checkpoint.remote") < layer_of("gcnet.zoo")

@@ -35,6 +35,7 @@ def _signal_at(step: int, signum: int):
     def callback(trainer: Trainer, record: dict) -> None:
         if record["global_step"] == step:
             os.kill(os.getpid(), signum)
+
     return callback
 
 
@@ -115,8 +116,11 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path, where: str) -> None:
                 (state["momentum_buffer"] if where == "momentum" else bn.running_var)[0] = float("nan")
 
     trainer = make_trainer(cfg, tmp_path, step_callback=corrupt)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite weights at epoch 1, iteration 3 .*backbone\.1\."
-                       r".*the last good checkpoint is .*latest\.pth \(epoch 1, iteration 2"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite weights at epoch 1, iteration 3 .*backbone\.1\."
+        r".*the last good checkpoint is .*latest\.pth \(epoch 1, iteration 2",
+    ):
         trainer.fit()
     ckpt = torch.load(tmp_path / "latest.pth", weights_only=True)
     assert ckpt["global_step"] == 2
@@ -133,6 +137,7 @@ def _fake_stats(values: list[float]):
         calls.append(epoch)
         torch.rand(3)  # an evaluation that draws random numbers must not change training
         return {"bbox": [values[epoch - 1]] + [0.5] * 11}
+
     return evaluate, calls
 
 
@@ -158,8 +163,12 @@ def test_validation_metrics_best_checkpoint_and_patience(tmp_path: Path, monkeyp
     trainer.fit()
     assert trainer.stopped_early and calls == [1, 2, 3, 4]  # no better bbox_AP at epochs 3 and 4
     val = [r for r in read_log(tmp_path / "run") if r.get("mode") == "val"]
-    assert [(r["epoch"], r["global_step"], r["bbox_AP"]) for r in val] == [(1, 4, 0.1), (2, 8, 0.3), (3, 12, 0.2),
-                                                                          (4, 16, 0.25)]
+    assert [(r["epoch"], r["global_step"], r["bbox_AP"]) for r in val] == [
+        (1, 4, 0.1),
+        (2, 8, 0.3),
+        (3, 12, 0.2),
+        (4, 16, 0.25),
+    ]
     assert set(val[0]) >= {"bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl"}
     assert ("val/bbox_AP", 0.3, 8) in scalars and any(tag == "train/loss" for tag, _, _ in scalars)
     best = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
@@ -171,8 +180,9 @@ def test_validation_metrics_best_checkpoint_and_patience(tmp_path: Path, monkeyp
     # evaluation every 2 epochs, and it does not change the training (RNG streams restored)
     evaluate, calls = _fake_stats([0.0] * 6)
     seed_everything(0)
-    make_trainer(tiny_config(epochs=4, eval_interval=2), tmp_path / "eval", TinyDetector(dropout=0.5),
-                 evaluate_fn=evaluate).fit()
+    make_trainer(
+        tiny_config(epochs=4, eval_interval=2), tmp_path / "eval", TinyDetector(dropout=0.5), evaluate_fn=evaluate
+    ).fit()
     seed_everything(0)
     make_trainer(tiny_config(epochs=4), tmp_path / "plain", TinyDetector(dropout=0.5)).fit()
     assert calls == [2, 4]
@@ -184,8 +194,9 @@ def test_cli_ctrl_c_exits_130_and_resume_finishes(tmp_path: Path, monkeypatch, c
     from gcnet.cli import main
     from gcnet.data import make_synthetic_coco
 
-    paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=0, image_size=(64, 64),
-                                object_size=(12, 30), max_objects=2)
+    paths = make_synthetic_coco(
+        tmp_path / "data", num_train=4, num_val=0, image_size=(64, 64), object_size=(12, 30), max_objects=2
+    )
     original = Trainer._on_iter_end
 
     def interrupted(self: Trainer, record: dict) -> bool:
@@ -193,9 +204,26 @@ def test_cli_ctrl_c_exits_130_and_resume_finishes(tmp_path: Path, monkeypatch, c
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: handled by the trainer, not KeyboardInterrupt
         return original(self, record)
 
-    argv = ["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
-            "--work-dir", str(tmp_path / "work"), "--set", "train.epochs=2", "--set", "train.log_interval=1",
-            "--set", "data.workers_per_gpu=0", "--set", "data.scale=(64, 64)", "--set", "data.images_per_gpu=2"]
+    argv = [
+        "train",
+        "gcnet-demo",
+        "--data",
+        paths["train_ann"],
+        "--images",
+        paths["train_images"],
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.log_interval=1",
+        "--set",
+        "data.workers_per_gpu=0",
+        "--set",
+        "data.scale=(64, 64)",
+        "--set",
+        "data.images_per_gpu=2",
+    ]
     monkeypatch.setattr(Trainer, "_on_iter_end", interrupted)
     assert main(argv) == 130
     assert "stopped by SIGINT at epoch 1, iteration 1" in capsys.readouterr().err
@@ -216,12 +244,30 @@ def test_an_undecodable_image_met_with_loader_workers_stops_train_in_one_line(tm
     paths = make_synthetic_coco(tmp_path / "data", num_train=6, num_val=0, image_size=(64, 64), seed=3)
     victim = sorted(Path(paths["train_images"]).glob("*.png"))[-1]
     victim.write_bytes(victim.read_bytes()[:80])  # IHDR intact, image data cut off
-    argv = [sys.executable, "-m", "gcnet", "train", "gcnet-demo", "--data", paths["train_ann"],
-            "--images", paths["train_images"], "--work-dir", str(tmp_path / "work"),
-            "--set", "data.scale=(64, 64)", "--set", "data.workers_per_gpu=1", "--set", "data.images_per_gpu=2",
-            "--set", "train.epochs=1", "--set", "train.warmup_iters=1"]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "gcnet",
+        "train",
+        "gcnet-demo",
+        "--data",
+        paths["train_ann"],
+        "--images",
+        paths["train_images"],
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--set",
+        "data.scale=(64, 64)",
+        "--set",
+        "data.workers_per_gpu=1",
+        "--set",
+        "data.images_per_gpu=2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.warmup_iters=1",
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     errors = [line for line in run.stderr.splitlines() if "error" in line]
     assert run.returncode == 2, run.stderr[-2000:]
     assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in run.stderr

@@ -26,22 +26,27 @@ def _write(tmp_path: Path, annotations: list[dict], n_images: int = 4) -> tuple[
     images.mkdir(exist_ok=True)
     for i in range(n_images):
         Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(images / f"{i}.png")
-    data = {"images": [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 48} for i in range(n_images)],
-            "categories": [{"id": 1, "name": "thing"}],
-            "annotations": [{"id": k + 1, "category_id": 1, "iscrowd": 0, **a} for k, a in enumerate(annotations)]}
+    data = {
+        "images": [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 48} for i in range(n_images)],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": k + 1, "category_id": 1, "iscrowd": 0, **a} for k, a in enumerate(annotations)],
+    }
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     return ann, images
 
 
 def test_filter_empty_and_what_was_dropped_in_one_line(tmp_path: Path) -> None:
-    ann, images = _write(tmp_path, [
-        {"image_id": 1, "bbox": [4, 4, 16, 16], "segmentation": SQUARE},
-        {"image_id": 1, "bbox": [4, 4, 16, 16], "segmentation": [[1, 1, 5, 5], *SQUARE]},  # one part repaired
-        {"image_id": 2, "bbox": [4, 4, 16, 16], "segmentation": [[1, 1, 5, 5]]},  # 2 points: no mask
-        {"image_id": 2, "bbox": [4, 4, 0, 16], "segmentation": SQUARE},  # degenerate
-        {"image_id": 2, "bbox": [4, 4, 16, 16], "segmentation": SQUARE, "iscrowd": 1},
-    ])
+    ann, images = _write(
+        tmp_path,
+        [
+            {"image_id": 1, "bbox": [4, 4, 16, 16], "segmentation": SQUARE},
+            {"image_id": 1, "bbox": [4, 4, 16, 16], "segmentation": [[1, 1, 5, 5], *SQUARE]},  # one part repaired
+            {"image_id": 2, "bbox": [4, 4, 16, 16], "segmentation": [[1, 1, 5, 5]]},  # 2 points: no mask
+            {"image_id": 2, "bbox": [4, 4, 0, 16], "segmentation": SQUARE},  # degenerate
+            {"image_id": 2, "bbox": [4, 4, 16, 16], "segmentation": SQUARE, "iscrowd": 1},
+        ],
+    )
     default = CocoDetection(ann, images, CFG, train=True)
     assert default.image_ids == [1, 2]  # image 2 has entries (none usable): it stays, as the original's
     _, _, targets = default[0]
@@ -52,7 +57,8 @@ def test_filter_empty_and_what_was_dropped_in_one_line(tmp_path: Path) -> None:
         f"{ann}: 2 training images, 2 annotations; dropped images without annotations "
         "(data.filter_empty=False keeps them): 2, degenerate boxes: 1, annotations whose polygons all have "
         "fewer than 3 points: 1, crowd annotations: 1; repaired (polygons of fewer than 3 points removed): "
-        "1 annotations")
+        "1 annotations"
+    )
     kept = CocoDetection(ann, images, dataclasses.replace(CFG, filter_empty=False), train=True)
     assert kept.image_ids == [1, 2, 3, 4]
     assert "(2 images without annotations kept as negatives)" in kept.counts.line(ann)
@@ -70,8 +76,15 @@ def test_box_only_sets_load_for_box_only_training_and_for_testing(tmp_path: Path
 
 
 def test_cli_box_only_train_test_predict(tmp_path: Path, capsys) -> None:
-    paths = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(64, 64),
-                                object_size=(12, 30), max_objects=2, classes=("circle", "star"))
+    paths = make_synthetic_coco(
+        tmp_path / "data",
+        num_train=4,
+        num_val=2,
+        image_size=(64, 64),
+        object_size=(12, 30),
+        max_objects=2,
+        classes=("circle", "star"),
+    )
     for split in ("train", "val"):  # as box-only sets come: no segmentation at all
         data = json.loads(Path(paths[f"{split}_ann"]).read_text())
         assert [c["name"] for c in data["categories"]] == ["circle", "star"]
@@ -79,10 +92,35 @@ def test_cli_box_only_train_test_predict(tmp_path: Path, capsys) -> None:
             del a["segmentation"]
         Path(paths[f"{split}_ann"]).write_text(json.dumps(data))
     work = tmp_path / "work"
-    assert main(["train", "gcnet-demo", "--data", paths["train_ann"], "--images", paths["train_images"],
-                 "--val-data", paths["val_ann"], "--val-images", paths["val_images"], "--work-dir", str(work),
-                 "--set", "model.with_mask=False", "--set", "train.epochs=1", "--set", "train.warmup_iters=1",
-                 "--set", "data.workers_per_gpu=0", "--set", "data.scale=(64, 64)"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "gcnet-demo",
+                "--data",
+                paths["train_ann"],
+                "--images",
+                paths["train_images"],
+                "--val-data",
+                paths["val_ann"],
+                "--val-images",
+                paths["val_images"],
+                "--work-dir",
+                str(work),
+                "--set",
+                "model.with_mask=False",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.warmup_iters=1",
+                "--set",
+                "data.workers_per_gpu=0",
+                "--set",
+                "data.scale=(64, 64)",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{paths['train_ann']}: 4 training images" in out and "segm" not in out
     val = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if '"val"' in line]

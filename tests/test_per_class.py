@@ -43,17 +43,40 @@ def _dataset() -> tuple[dict, list]:
             x, y = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
             cat = int(rng.choice([3, 7, 9], p=[0.5, 0.3, 0.2]))
             crowd = int(rng.uniform() < 0.05)
-            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat, "bbox": [x, y, w, h],
-                         "area": float(w * h), "iscrowd": crowd, "segmentation": _rle(x, y, w, h)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 100 + i,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": float(w * h),
+                    "iscrowd": crowd,
+                    "segmentation": _rle(x, y, w, h),
+                }
+            )
             for _ in range(int(rng.integers(0, 3))):
                 dx, dy = (int(v) for v in rng.integers(-w // 3 - 1, w // 3 + 2, 2))
                 x2, y2 = min(max(x + dx, 0), W - w), min(max(y + dy, 0), H - h)
                 pred = cat if rng.uniform() > 0.2 else int(rng.choice([3, 7, 9, 11]))
-                results.append({"image_id": 100 + i, "category_id": pred, "bbox": [x2, y2, w, h],
-                                "score": float(rng.uniform(0.05, 1.0)), "segmentation": _rle(x2, y2, w, h)})
+                results.append(
+                    {
+                        "image_id": 100 + i,
+                        "category_id": pred,
+                        "bbox": [x2, y2, w, h],
+                        "score": float(rng.uniform(0.05, 1.0)),
+                        "segmentation": _rle(x2, y2, w, h),
+                    }
+                )
         if rng.uniform() < 0.5:
-            results.append({"image_id": 100 + i, "category_id": 11, "bbox": [1, 1, 10, 10],
-                            "score": 0.5, "segmentation": _rle(1, 1, 10, 10)})
+            results.append(
+                {
+                    "image_id": 100 + i,
+                    "category_id": 11,
+                    "bbox": [1, 1, 10, 10],
+                    "score": 0.5,
+                    "segmentation": _rle(1, 1, 10, 10),
+                }
+            )
     return {"images": images, "annotations": anns, "categories": CATS}, results
 
 
@@ -135,6 +158,7 @@ def test_metrics_json_and_table(tmp_path):
 
 # ---- confusion matrix on hand-made images ------------------------------------------------------
 
+
 def _box(x: float, y: float, w: float = 20, h: float = 20) -> list[float]:
     return [x, y, w, h]
 
@@ -144,19 +168,30 @@ def _hand_made() -> tuple[dict, list]:
     images = [{"id": i, "file_name": f"{i}.png", "width": 200, "height": 200} for i in (1, 2, 3)]
     g = [
         # image 1: a found, b found as a, c missed, a found twice (duplicate), one det on nothing
-        (1, 1, _box(0, 0), 0), (1, 2, _box(50, 0), 0), (1, 5, _box(100, 0), 0),
+        (1, 1, _box(0, 0), 0),
+        (1, 2, _box(50, 0), 0),
+        (1, 5, _box(100, 0), 0),
         # image 2: a crowd region of class b; a b found; a c found as b and as c (the c det wins)
-        (2, 2, _box(0, 100, 80, 80), 1), (2, 2, _box(100, 100), 0), (2, 5, _box(150, 150), 0),
+        (2, 2, _box(0, 100, 80, 80), 1),
+        (2, 2, _box(100, 100), 0),
+        (2, 5, _box(150, 150), 0),
         # image 3: two a's, both missed (one det below the score threshold, one at IoU < 0.5)
-        (3, 1, _box(0, 0), 0), (3, 1, _box(100, 100), 0),
+        (3, 1, _box(0, 0), 0),
+        (3, 1, _box(100, 100), 0),
     ]
-    anns = [{"id": k + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": crowd}
-            for k, (im, c, b, crowd) in enumerate(g)]
+    anns = [
+        {"id": k + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": crowd}
+        for k, (im, c, b, crowd) in enumerate(g)
+    ]
     r = [
-        (1, 1, _box(1, 0), 0.9), (1, 1, _box(0, 1), 0.8), (1, 1, _box(50, 1), 0.7), (1, 2, _box(170, 170), 0.6),
+        (1, 1, _box(1, 0), 0.9),
+        (1, 1, _box(0, 1), 0.8),
+        (1, 1, _box(50, 1), 0.7),
+        (1, 2, _box(170, 170), 0.6),
         (2, 2, _box(10, 110), 0.9),  # on the crowd region of its class: ignored
         (2, 2, _box(101, 100), 0.8),
-        (2, 2, _box(150, 151), 0.7), (2, 5, _box(151, 150), 0.4),  # c taken by its own class first
+        (2, 2, _box(150, 151), 0.7),
+        (2, 5, _box(151, 150), 0.4),  # c taken by its own class first
         (3, 1, _box(0, 0), 0.1),  # under score_thr
         (3, 1, _box(112, 112), 0.9),  # IoU 64/736 with the second a
         (3, 5, _box(10, 110), 0.5),  # nothing there
@@ -169,11 +204,15 @@ def test_confusion_matrix_known_counts():
     gt, results = _hand_made()
     conf = confusion_matrix(gt, results, iou_thr=0.5, score_thr=0.3)
     #                      pred a  b  c  bg
-    expected = np.array([[1, 0, 0, 2],    # gt a: image 1 found; image 3 both missed
-                         [1, 1, 0, 0],    # gt b: image 1 found as a; image 2 found
-                         [0, 0, 1, 1],    # gt c: image 1 missed; image 2 found (by its c det)
-                         [2, 2, 1, 0]])   # background: a duplicate and a far a; b on nothing and b left
-                                          # on c; c on nothing
+    expected = np.array(
+        [
+            [1, 0, 0, 2],  # gt a: image 1 found; image 3 both missed
+            [1, 1, 0, 0],  # gt b: image 1 found as a; image 2 found
+            [0, 0, 1, 1],  # gt c: image 1 missed; image 2 found (by its c det)
+            [2, 2, 1, 0],
+        ]
+    )  # background: a duplicate and a far a; b on nothing and b left
+    # on c; c on nothing
     np.testing.assert_array_equal(conf.matrix, expected)
     assert conf.labels() == ("a", "b", "c", "background")
     per_image = {e.image_id: e for e in conf.images}

@@ -29,8 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> dict:
-    return make_synthetic_coco(tmp_path_factory.mktemp("shapes"), num_train=0, num_val=8, image_size=(96, 96),
-                               seed=2)
+    return make_synthetic_coco(tmp_path_factory.mktemp("shapes"), num_train=0, num_val=8, image_size=(96, 96), seed=2)
 
 
 def _noisy_results(ann_file: str) -> list:
@@ -44,21 +43,48 @@ def _noisy_results(ann_file: str) -> list:
             continue
         x, y, w, h = a["bbox"]
         cat = a["category_id"] if rng.uniform() > 0.2 else int(rng.choice(cats))
-        out.append({"image_id": a["image_id"], "category_id": cat, "bbox": [x + 1.5, y - 1.0, w, h],
-                    "score": float(rng.uniform(0.3, 1.0)), "segmentation": a["segmentation"]})
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": cat,
+                "bbox": [x + 1.5, y - 1.0, w, h],
+                "score": float(rng.uniform(0.3, 1.0)),
+                "segmentation": a["segmentation"],
+            }
+        )
     for im in gt["images"]:
-        out.append({"image_id": im["id"], "category_id": cats[0], "bbox": [2.0, 2.0, 12.0, 12.0], "score": 0.5,
-                    "segmentation": out[0]["segmentation"]})
+        out.append(
+            {
+                "image_id": im["id"],
+                "category_id": cats[0],
+                "bbox": [2.0, 2.0, 12.0, 12.0],
+                "score": 0.5,
+                "segmentation": out[0]["segmentation"],
+            }
+        )
     return out
 
 
 def _train_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"epoch": 1 + i // 5, "iter": i % 5 + 1, "global_step": i + 1, "lr": 0.01 * (i + 1),
-                         "loss": 2.0 / (i + 1), "loss_cls": 1.0 / (i + 1), "s1.loss_bbox": 0.5, "time": 0.1})
-             for i in range(10)]
-    lines.insert(5, json.dumps({"mode": "val", "epoch": 1, "global_step": 5, "bbox_AP": 0.2, "segm_AP": 0.25,
-                                "bbox_APl": -1.0}))
+    lines = [
+        json.dumps(
+            {
+                "epoch": 1 + i // 5,
+                "iter": i % 5 + 1,
+                "global_step": i + 1,
+                "lr": 0.01 * (i + 1),
+                "loss": 2.0 / (i + 1),
+                "loss_cls": 1.0 / (i + 1),
+                "s1.loss_bbox": 0.5,
+                "time": 0.1,
+            }
+        )
+        for i in range(10)
+    ]
+    lines.insert(
+        5, json.dumps({"mode": "val", "epoch": 1, "global_step": 5, "bbox_AP": 0.2, "segm_AP": 0.25, "bbox_APl": -1.0})
+    )
     lines.append('{"epoch": 2, "iter"')  # a line cut short by a killed run
     (path / "log.jsonl").write_text("\n".join(lines) + "\n")
     return path
@@ -83,11 +109,24 @@ def _check_page(page: Path) -> str:
 def test_report_files_all_exist_and_hold_every_section(shapes, tmp_path):
     results = _noisy_results(shapes["val_ann"])
     stats = evaluate_coco(shapes["val_ann"], results, verbose=False)
-    page = write_report(tmp_path / "rep", shapes["val_ann"], shapes["val_images"], results, stats,
-                        train_dir=_train_dir(tmp_path / "train"), num_images=3)
+    page = write_report(
+        tmp_path / "rep",
+        shapes["val_ann"],
+        shapes["val_images"],
+        results,
+        stats,
+        train_dir=_train_dir(tmp_path / "train"),
+        num_images=3,
+    )
     text = _check_page(page)
-    for section in ("COCO metrics", "Per-class AP", "Precision-recall", "Confusion matrix", "Where the model fails",
-                    "Training curves"):
+    for section in (
+        "COCO metrics",
+        "Per-class AP",
+        "Precision-recall",
+        "Confusion matrix",
+        "Where the model fails",
+        "Training curves",
+    ):
         assert f"<h2>{section}</h2>" in text
     refs = _referenced(page)
     for plot in ("class_ap", "pr_all_classes", "pr_bbox_per_class", "pr_segm_per_class", "confusion", "training"):
@@ -103,7 +142,7 @@ def test_report_files_all_exist_and_hold_every_section(shapes, tmp_path):
     assert conf["labels"][-1] == "background" and matrix[-1, 0] >= 8  # the false box in every image
     assert (page.parent / "overview.png").is_file()
     for name in ("circle", "square", "star"):
-        assert f"<td class=\"name\">{name}</td>" in text
+        assert f'<td class="name">{name}</td>' in text
 
 
 def test_report_without_matplotlib_says_so_and_keeps_tables(shapes, tmp_path, monkeypatch):
@@ -145,9 +184,10 @@ def test_draw_coco_masks_boxes_and_small_images_enlarged():
     square = np.zeros((40, 60), np.uint8)
     square[10:20, 5:15] = 1
     rle = mask_utils.encode(np.asfortranarray(square))
-    anns = [{"category_id": 3, "bbox": [5, 10, 10, 10], "segmentation": rle},
-            {"category_id": 4, "bbox": [30, 5, 20, 20], "segmentation": [[30, 5, 50, 5, 50, 25, 30, 25]],
-             "score": 0.9}]
+    anns = [
+        {"category_id": 3, "bbox": [5, 10, 10, 10], "segmentation": rle},
+        {"category_id": 4, "bbox": [30, 5, 20, 20], "segmentation": [[30, 5, 50, 5, 50, 25, 30, 25]], "score": 0.9},
+    ]
     assert annotation_mask(rle, 40, 60).sum() == 100
     assert annotation_mask([[30, 5, 50, 5, 50, 25, 30, 25]], 40, 60).sum() > 300
     assert annotation_mask([], 40, 60) is None
@@ -162,10 +202,20 @@ def test_draw_coco_masks_boxes_and_small_images_enlarged():
 def test_browse_statistics_problems_and_drawings(shapes, tmp_path):
     data = json.loads(Path(shapes["val_ann"]).read_text())
     data["categories"].append({"id": 99, "name": "unicorn"})
-    data["annotations"].append({"id": 10_000, "image_id": data["images"][0]["id"], "category_id": 1,
-                                "bbox": [90, 90, 20, 0.5], "area": 10.0, "iscrowd": 0, "segmentation": []})
-    data["annotations"].append({"id": 10_001, "image_id": 12345, "category_id": 1, "bbox": [0, 0, 5, 5],
-                                "area": 25.0, "iscrowd": 0})
+    data["annotations"].append(
+        {
+            "id": 10_000,
+            "image_id": data["images"][0]["id"],
+            "category_id": 1,
+            "bbox": [90, 90, 20, 0.5],
+            "area": 10.0,
+            "iscrowd": 0,
+            "segmentation": [],
+        }
+    )
+    data["annotations"].append(
+        {"id": 10_001, "image_id": 12345, "category_id": 1, "bbox": [0, 0, 5, 5], "area": 25.0, "iscrowd": 0}
+    )
     data["images"].append({"id": 777, "file_name": "gone.png", "width": 96, "height": 96})
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
@@ -176,8 +226,13 @@ def test_browse_statistics_problems_and_drawings(shapes, tmp_path):
     by_name = {c.name: c for c in stats.classes}
     assert by_name["unicorn"].instances == 0 and sum(c.instances for c in stats.classes) == stats.instances
     problems = "\n".join(stats.problems)
-    for expected in ("1 image file(s) not found", "image ids not in 'images'", "narrower or lower than 1 pixel",
-                     "reaching outside their image", "'unicorn' (id 99) has no instances"):
+    for expected in (
+        "1 image file(s) not found",
+        "image ids not in 'images'",
+        "narrower or lower than 1 pixel",
+        "reaching outside their image",
+        "'unicorn' (id 99) has no instances",
+    ):
         assert expected in problems
     assert stats.drawn == 8 and len(list((tmp_path / "out").glob("*.png"))) == 8
     _check_page(tmp_path / "out" / "index.html")
@@ -189,15 +244,43 @@ def test_browse_statistics_problems_and_drawings(shapes, tmp_path):
 
 
 def test_cli_browse(shapes, tmp_path, capsys):
-    assert main(["browse", shapes["val_ann"], "--images", shapes["val_images"], "--out", str(tmp_path / "b"),
-                 "--limit", "2"]) == 0
+    assert (
+        main(
+            [
+                "browse",
+                shapes["val_ann"],
+                "--images",
+                shapes["val_images"],
+                "--out",
+                str(tmp_path / "b"),
+                "--limit",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "8 images" in out and "drew 2 image(s)" in out
-    assert main(["browse", str(tmp_path / "nope.json"), "--images", shapes["val_images"],
-                 "--out", str(tmp_path / "c")]) == 2
+    assert (
+        main(["browse", str(tmp_path / "nope.json"), "--images", shapes["val_images"], "--out", str(tmp_path / "c")])
+        == 2
+    )
     assert "nope.json" in capsys.readouterr().err
-    assert main(["browse", shapes["val_ann"], "--images", shapes["val_images"], "--out", str(tmp_path / "d"),
-                 "--limit", "-1"]) == 2
+    assert (
+        main(
+            [
+                "browse",
+                shapes["val_ann"],
+                "--images",
+                shapes["val_images"],
+                "--out",
+                str(tmp_path / "d"),
+                "--limit",
+                "-1",
+            ]
+        )
+        == 2
+    )
     assert "--limit must be >= 0" in capsys.readouterr().err
 
 
@@ -209,11 +292,22 @@ def test_cli_test_prints_per_class_table_writes_metrics_and_report(shapes, tmp_p
     torch.manual_seed(0)
     model = TwoStageDetector(cfg.model, cfg.class_names)
     work = _train_dir(tmp_path / "work")
-    ckpt = save_checkpoint(work / "latest.pth", model, {"config": config_to_dict(cfg),
-                                                        "class_names": list(cfg.class_names)})
+    ckpt = save_checkpoint(
+        work / "latest.pth", model, {"config": config_to_dict(cfg), "class_names": list(cfg.class_names)}
+    )
     out = tmp_path / "preds" / "results.json"
-    argv = ["test", str(ckpt), "--data", shapes["val_ann"], "--images", shapes["val_images"],
-            "--set", "model.roi.score_thr=-1", "--set", "model.roi.max_per_img=5"]
+    argv = [
+        "test",
+        str(ckpt),
+        "--data",
+        shapes["val_ann"],
+        "--images",
+        shapes["val_images"],
+        "--set",
+        "model.roi.score_thr=-1",
+        "--set",
+        "model.roi.max_per_img=5",
+    ]
     assert main([*argv, "--out", str(out), "--report", str(tmp_path / "rep")]) == 0
     printed = capsys.readouterr().out
     assert printed.index("Average Recall") < printed.index("Per-class AP")

@@ -59,8 +59,12 @@ SCRIPT = textwrap.dedent(
 
 
 def _run_and_kill(script: Path, data: Path, work: Path, workers: int, dcn: bool) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), str(data), str(work), str(workers), "dcn" if dcn else "-"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(script), str(data), str(work), str(workers), "dcn" if dcn else "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _records(work: Path) -> list[dict]:
@@ -69,8 +73,9 @@ def _records(work: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("workers", "dcn"), [(0, False), (2, False), (0, True)],
-                         ids=["in-process", "2-workers", "dcn"])
+@pytest.mark.parametrize(
+    ("workers", "dcn"), [(0, False), (2, False), (0, True)], ids=["in-process", "2-workers", "dcn"]
+)
 def test_sigkill_mid_epoch_then_resume_gives_identical_losses(tmp_path: Path, workers: int, dcn: bool) -> None:
     """With loader workers too: random flips depend on (seed, epoch, index), not on the worker.
     The DCN variant (the zoo's dconv rows in small) is then tested from its final checkpoint."""

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.ops import nms
 
+from gcnet.boxes import MaxIoUAssigner, RandomSampler
 from gcnet.config import RoIConfig
 from gcnet.models.postprocess import paste_masks
-from gcnet.boxes import MaxIoUAssigner, RandomSampler
 from gcnet.models.roi import StandardRoIHead, boxes_to_rois, multiclass_nms
 from gcnet.models.roi.targets import sample_rois
 from gcnet.structures import ImageMeta, Targets
@@ -65,11 +65,11 @@ def test_multiclass_nms_by_hand() -> None:
             [0.06, 0.25, 0.69],
         ]
     )
-    b, s, l = multiclass_nms(boxes, scores, score_thr=0.05, iou_thr=0.5, max_num=100)
+    b, s, lab = multiclass_nms(boxes, scores, score_thr=0.05, iou_thr=0.5, max_num=100)
     # class 0: roi0 (0.50) suppresses roi1 (IoU 0.82); roi2 kept. class 1: roi0 and roi2 are
     # the same box -> roi0 (0.30) kept. Classes never suppress each other.
     assert s.tolist() == pytest.approx([0.50, 0.30, 0.06])
-    assert l.tolist() == [0, 1, 0]
+    assert lab.tolist() == [0, 1, 0]
     assert b.tolist() == [[0, 0, 10, 10], [0, 0, 10, 10], [30, 30, 40, 40]]
     b2, s2, l2 = multiclass_nms(boxes, scores, 0.05, 0.5, max_num=2)
     assert s2.tolist() == pytest.approx([0.50, 0.30])
@@ -83,8 +83,8 @@ def test_multiclass_nms_is_roi_major_for_equal_scores() -> None:
     # Equal scores: the (roi, class) flattening order decides which survives a tie in NMS
     boxes = torch.tensor([[[0.0, 0, 10, 10]], [[0.0, 0, 10, 10]]])
     scores = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
-    b, s, l = multiclass_nms(boxes, scores, 0.05, 0.5, 100)
-    assert len(s) == 1 and l.tolist() == [0]
+    b, s, lab = multiclass_nms(boxes, scores, 0.05, 0.5, 100)
+    assert len(s) == 1 and lab.tolist() == [0]
 
 
 # ---------------------------------------------------------------- inference
@@ -209,9 +209,7 @@ def neg_log_softmax(i: int) -> float:
 
 
 def full_mask_targets() -> Targets:
-    return Targets(
-        boxes=torch.tensor([GT]), labels=torch.tensor([1]), masks=torch.ones(1, 64, 64, dtype=torch.uint8)
-    )
+    return Targets(boxes=torch.tensor([GT]), labels=torch.tensor([1]), masks=torch.ones(1, 64, 64, dtype=torch.uint8))
 
 
 def test_losses_on_a_hand_made_case() -> None:
@@ -251,10 +249,16 @@ def test_image_without_gt_and_gradients_reach_every_parameter() -> None:
     feats = [f.requires_grad_() for f in make_feats(2, seed=7)]
     props = [random_proposals(40, seed=8), random_proposals(10, seed=9)]
     targets = [
-        Targets(boxes=torch.tensor([[5.0, 5, 30, 40], [20, 20, 60, 50]]), labels=torch.tensor([0, 2]),
-                masks=(torch.rand(2, 64, 64) > 0.3).to(torch.uint8)),
-        Targets(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long),
-                masks=torch.zeros(0, 64, 64, dtype=torch.uint8)),
+        Targets(
+            boxes=torch.tensor([[5.0, 5, 30, 40], [20, 20, 60, 50]]),
+            labels=torch.tensor([0, 2]),
+            masks=(torch.rand(2, 64, 64) > 0.3).to(torch.uint8),
+        ),
+        Targets(
+            boxes=torch.zeros(0, 4),
+            labels=torch.zeros(0, dtype=torch.long),
+            masks=torch.zeros(0, 64, 64, dtype=torch.uint8),
+        ),
     ]
     losses = head(feats, props, [META, META], targets)
     assert all(torch.isfinite(v) for v in losses.values())

@@ -39,7 +39,7 @@ def _reference_proposals(rpn, feats, i, img_shape, nms_pre, max_per_img, iou_thr
     cfg, head = rpn.cfg, rpn.head
     img_h, img_w = img_shape
     all_boxes, all_scores = [], []
-    for level, (x, stride) in enumerate(zip(feats, cfg.strides)):
+    for x, stride in zip(feats, cfg.strides):
         hid = F.relu(F.conv2d(x[i : i + 1], head.rpn_conv.weight, head.rpn_conv.bias, padding=1))
         logits = F.conv2d(hid, head.rpn_cls.weight, head.rpn_cls.bias)[0]
         deltas = F.conv2d(hid, head.rpn_reg.weight, head.rpn_reg.bias)[0]

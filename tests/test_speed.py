@@ -35,7 +35,9 @@ def test_fast_conv_1x1_matches_a_hand_1x1_conv_on_nhwc_maps():
     # small inputs, autograd and autocast fall back to nn.Conv2d and give the same numbers
     small = x[:, :, :8, :8]
     assert speed.cpu_conv_kernel(conv, small) == "default"
-    torch.testing.assert_close(conv(small).double(), _conv1x1_by_hand(small, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        conv(small).double(), _conv1x1_by_hand(small, conv.weight, conv.bias), atol=1e-5, rtol=1e-5
+    )
     xg = x.clone().requires_grad_(True)
     assert speed.cpu_conv_kernel(conv, xg) == "default"
     conv(xg).sum().backward()
@@ -120,14 +122,15 @@ def test_fast_conv_3x3_leaves_strided_grouped_dilated_and_thin_convs_to_pytorch(
 
 def test_use_fast_convs_changes_only_plain_1x1_and_3x3_stride1_convs():
     model = nn.Sequential(
-        nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1, stride=2), nn.ConvTranspose2d(4, 4, 1),
+        nn.Conv2d(4, 4, 1),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 1, stride=2),
+        nn.ConvTranspose2d(4, 4, 1),
         nn.Conv2d(4, 4, 7, padding=3),
     )
     keys = list(model.state_dict())
     assert speed.use_fast_convs(model) == 2
-    assert [type(m) for m in model] == [
-        speed.FastConv2d, speed.FastConv2d, nn.Conv2d, nn.ConvTranspose2d, nn.Conv2d
-    ]
+    assert [type(m) for m in model] == [speed.FastConv2d, speed.FastConv2d, nn.Conv2d, nn.ConvTranspose2d, nn.Conv2d]
     assert list(model.state_dict()) == keys  # checkpoints still load
 
 

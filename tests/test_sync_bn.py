@@ -48,8 +48,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     y = bn(xr)
     (y * gy[rank : rank + 1]).sum().backward()
     bn(x2[rank : rank + 1])
-    res.update(y=y.detach(), gx=xr.grad, gw=bn.weight.grad, gb=bn.bias.grad,
-               rm=bn.running_mean.clone(), rv=bn.running_var.clone(), nbt=int(bn.num_batches_tracked))
+    res.update(
+        y=y.detach(),
+        gx=xr.grad,
+        gw=bn.weight.grad,
+        gb=bn.bias.grad,
+        rm=bn.running_mean.clone(),
+        rv=bn.running_var.clone(),
+        nbt=int(bn.num_batches_tracked),
+    )
     # 2 + 0 images: rank 1 is empty and must still take part in both collectives.
     bn = _bn(SyncBatchNorm2d, w, b)
     xe = (x if rank == 0 else x[:0]).clone().requires_grad_()
@@ -77,8 +84,7 @@ def _reference() -> dict[str, torch.Tensor]:
     y = bn(xr)
     (y * gy).sum().backward()
     bn(x2)
-    return dict(y=y.detach(), gx=xr.grad, gw=bn.weight.grad, gb=bn.bias.grad, rm=bn.running_mean,
-                rv=bn.running_var)
+    return dict(y=y.detach(), gx=xr.grad, gw=bn.weight.grad, gb=bn.bias.grad, rm=bn.running_mean, rv=bn.running_var)
 
 
 @pytest.mark.slow  # spawns 2 processes (~5-15 s to start)

@@ -12,7 +12,6 @@ import math
 import os
 import signal
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ class TinyDetector(nn.Module):
     """Conv -> (BN) -> pool -> linear; regresses the mean GT box. Dropout draws from the global
     RNG like the real RoI sampler does, so resume tests see RNG restore matter."""
 
-    def __init__(self, dropout: float = 0.0, norm: bool = True, nan_at_call: Optional[int] = None):
+    def __init__(self, dropout: float = 0.0, norm: bool = True, nan_at_call: int | None = None):
         super().__init__()
         self.backbone = nn.Sequential(
             nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4) if norm else nn.Identity(), nn.ReLU()
@@ -82,20 +81,44 @@ class TinyDataset(Dataset):
 
 
 def tiny_config(**train: object) -> Config:
-    base = dict(lr=0.04, warmup_iters=3, warmup_ratio=0.1, milestones=(1,), epochs=2, log_interval=1,
-                base_batch_size=16)
+    base = dict(
+        lr=0.04, warmup_iters=3, warmup_ratio=0.1, milestones=(1,), epochs=2, log_interval=1, base_batch_size=16
+    )
     base.update(train)
     images = int(base.pop("images_per_gpu", 2))  # type: ignore[call-overload]
     return Config(train=TrainConfig(**base), data=DataConfig(images_per_gpu=images, workers_per_gpu=0))  # type: ignore[arg-type]
 
 
-def make_trainer(cfg: Config, work_dir: Path, model: Optional[nn.Module] = None, n: int = 8,
-                 flip_prob: float = 0.0, num_replicas: int = 1, rank: int = 0, **kw: object) -> Trainer:
+def make_trainer(
+    cfg: Config,
+    work_dir: Path,
+    model: nn.Module | None = None,
+    n: int = 8,
+    flip_prob: float = 0.0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    **kw: object,
+) -> Trainer:
     data = TinyDataset(n, flip_prob)
-    sampler = GroupedBatchSampler(data.aspect_ratio_flags, cfg.data.images_per_gpu, shuffle=True,
-                                  seed=cfg.train.seed, num_replicas=num_replicas, rank=rank)
-    return Trainer(model if model is not None else TinyDetector(), data, sampler, cfg, work_dir,
-                   collate_fn=collate, device="cpu", progress=False, **kw)  # type: ignore[arg-type]
+    sampler = GroupedBatchSampler(
+        data.aspect_ratio_flags,
+        cfg.data.images_per_gpu,
+        shuffle=True,
+        seed=cfg.train.seed,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
+    return Trainer(
+        model if model is not None else TinyDetector(),
+        data,
+        sampler,
+        cfg,
+        work_dir,
+        collate_fn=collate,
+        device="cpu",
+        progress=False,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def read_log(work_dir: Path) -> list[dict]:
@@ -275,28 +298,45 @@ def test_train_real_tiny_detector(tmp_path: Path) -> None:
     load_checkpoint(fresh, final)  # strict: the model's own key names, no "module."
 
 
-def real_tiny_config(data_root: Path, num_train: int = 4, workers: int = 0, dcn: bool = False,
-                     **train: object) -> Config:
+def real_tiny_config(
+    data_root: Path, num_train: int = 4, workers: int = 0, dcn: bool = False, **train: object
+) -> Config:
     """A tiny GC ResNet-18 Mask R-CNN on synthetic 64x64 shapes images (shared with test_resume);
     ``dcn``: a ResNet-50 layout with deformable conv2 in c3-c5, as the zoo's dconv rows."""
     from gcnet.config import BackboneConfig, FPNConfig, ModelConfig, RoIConfig, RPNConfig
     from gcnet.data import SHAPE_CLASSES, make_synthetic_coco
 
-    paths = make_synthetic_coco(data_root, num_train=num_train, num_val=0, image_size=(64, 64),
-                                object_size=(12, 30), max_objects=2)
+    paths = make_synthetic_coco(
+        data_root, num_train=num_train, num_val=0, image_size=(64, 64), object_size=(12, 30), max_objects=2
+    )
     expansion = 4 if dcn else 1
     model = ModelConfig(
-        backbone=BackboneConfig(depth=50 if dcn else 18, base_channels=8, pretrained=None, gc_ratio=0.25,
-                                norm="syncbn", norm_eval=False,
-                                dcn_stages=(False, True, True, True) if dcn else (False,) * 4),
+        backbone=BackboneConfig(
+            depth=50 if dcn else 18,
+            base_channels=8,
+            pretrained=None,
+            gc_ratio=0.25,
+            norm="syncbn",
+            norm_eval=False,
+            dcn_stages=(False, True, True, True) if dcn else (False,) * 4,
+        ),
         neck=FPNConfig(in_channels=tuple(expansion * c for c in (8, 16, 32, 64)), out_channels=16),
-        rpn=RPNConfig(in_channels=16, feat_channels=16, train_nms_pre=200, train_max_per_img=100,
-                      num_samples=64),
+        rpn=RPNConfig(in_channels=16, feat_channels=16, train_nms_pre=200, train_max_per_img=100, num_samples=64),
         roi=RoIConfig(num_classes=len(SHAPE_CLASSES), in_channels=16, fc_channels=32, num_samples=32),
     )
-    data = DataConfig(scale=(64, 64), images_per_gpu=2, workers_per_gpu=workers,
-                      train_ann=paths["train_ann"], train_images=paths["train_images"])
+    data = DataConfig(
+        scale=(64, 64),
+        images_per_gpu=2,
+        workers_per_gpu=workers,
+        train_ann=paths["train_ann"],
+        train_images=paths["train_images"],
+    )
     base = dict(lr=0.02, warmup_iters=2, log_interval=1)
     base.update(train)
-    return Config(name="tiny", model=model, data=data, train=TrainConfig(**base),  # type: ignore[arg-type]
-                  class_names=tuple(SHAPE_CLASSES))
+    return Config(
+        name="tiny",
+        model=model,
+        data=data,
+        train=TrainConfig(**base),  # type: ignore[arg-type]
+        class_names=tuple(SHAPE_CLASSES),
+    )

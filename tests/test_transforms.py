@@ -7,8 +7,16 @@ import torch.nn.functional as F
 
 from gcnet.config import DataConfig
 from gcnet.data import (
-    collate, hflip_boxes, hflip_image, hflip_masks, normalize, preprocess, rescale_size,
-    resize_keep_ratio, resize_masks, resize_to,
+    collate,
+    hflip_boxes,
+    hflip_image,
+    hflip_masks,
+    normalize,
+    preprocess,
+    rescale_size,
+    resize_keep_ratio,
+    resize_masks,
+    resize_to,
 )
 from gcnet.structures import ImageMeta, Targets
 

@@ -64,8 +64,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return make_synthetic_coco(tmp_path_factory.mktemp("coco") / "data", num_train=2, num_val=3,
-                               image_size=(64, 64), seed=1)
+    return make_synthetic_coco(
+        tmp_path_factory.mktemp("coco") / "data", num_train=2, num_val=3, image_size=(64, 64), seed=1
+    )
 
 
 @pytest.fixture
@@ -302,8 +303,21 @@ def test_missing_image_folder(ckpt, coco, capsys) -> None:
 def test_training_image_of_another_size_fails_at_load(coco, tmp_path, capsys) -> None:
     victim = sorted(coco["train_images"].iterdir())[0]
     _image(victim, (40, 50))
-    assert main(["train", "gcnet-demo", "--data", str(coco["train_ann"]), "--images", str(coco["train_images"]),
-                 "--work-dir", str(tmp_path / "work")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "gcnet-demo",
+                "--data",
+                str(coco["train_ann"]),
+                "--images",
+                str(coco["train_images"]),
+                "--work-dir",
+                str(tmp_path / "work"),
+            ]
+        )
+        == 2
+    )
     _error_line(capsys.readouterr().err, "train", victim, "50x40", "64x64")
 
 
@@ -321,14 +335,18 @@ def test_test_skips_an_undecodable_image_and_evaluates_the_rest(ckpt, coco, tmp_
     assert "skipped 1 of 3 image(s)" in warned[1] and "Traceback" not in captured.err
     assert "evaluated on 2 of 3 images" in captured.out and "Average Precision" in captured.out
     ids = {r["image_id"] for r in json.loads(out.read_text())}
-    victim_id = next(im["id"] for im in json.loads(coco["val_ann"].read_text())["images"]
-                     if im["file_name"] == victim.name)
+    victim_id = next(
+        im["id"] for im in json.loads(coco["val_ann"].read_text())["images"] if im["file_name"] == victim.name
+    )
     assert ids and victim_id not in ids
 
 
 def test_predict_skips_an_undecodable_image_and_writes_the_rest(ckpt, tmp_path, capsys) -> None:
-    first, broken, last = _image(tmp_path / "a.png"), _truncate(_image(tmp_path / "b.png", seed=1)), \
-        _image(tmp_path / "c.png", seed=2)
+    first, broken, last = (
+        _image(tmp_path / "a.png"),
+        _truncate(_image(tmp_path / "b.png", seed=1)),
+        _image(tmp_path / "c.png", seed=2),
+    )
     out = tmp_path / "preds"
     assert _predict(ckpt, out, first, broken, last) == 1
     warned = _warnings(capsys.readouterr().err)
@@ -352,9 +370,22 @@ def test_predict_with_no_image_readable_is_an_error_after_writing(ckpt, tmp_path
 
 def test_training_stops_on_an_undecodable_image_with_one_line(coco, tmp_path, capsys) -> None:
     victim = _truncate(sorted(coco["train_images"].iterdir())[0])
-    argv = ["train", "gcnet-demo", "--data", str(coco["train_ann"]), "--images", str(coco["train_images"]),
-            "--work-dir", str(tmp_path / "work"), "--set", "train.epochs=1",
-            "--set", "data.workers_per_gpu=0", "--set", "data.scale=(64, 64)"]
+    argv = [
+        "train",
+        "gcnet-demo",
+        "--data",
+        str(coco["train_ann"]),
+        "--images",
+        str(coco["train_images"]),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.workers_per_gpu=0",
+        "--set",
+        "data.scale=(64, 64)",
+    ]
     assert main(argv) == 2
     _error_line(capsys.readouterr().err, "train", victim, "cannot decode image")
 
@@ -390,8 +421,9 @@ def _breaks_on_second_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: s
 
 
 def test_predict_disk_full_midway_names_the_file_and_keeps_the_rest(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    _breaks_on_second_call(monkeypatch, gcnet.inference, "save_visualisation",
-                           OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))  # a write without a file name
+    _breaks_on_second_call(
+        monkeypatch, gcnet.inference, "save_visualisation", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    )  # a write without a file name
     out = tmp_path / "preds"
     assert _predict(ckpt, out, _image(tmp_path / "a.png"), _image(tmp_path / "b.png", seed=1)) == 2
     _error_line(capsys.readouterr().err, "predict", out / "b.png", "No space left on device")
@@ -447,8 +479,9 @@ def test_a_closed_pipe_ends_quietly() -> None:
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-m", "gcnet", "zoo", "--urls"], stdout=write,
-                              stderr=subprocess.PIPE, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gcnet", "zoo", "--urls"], stdout=write, stderr=subprocess.PIPE, timeout=300
+        )
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr.decode().strip() == ""
@@ -500,7 +533,8 @@ def test_export_writes_torch_export_archives_and_onnx_and_prints_paths(ckpt, tmp
     assert main(["export", str(ckpt), "--out", str(out), "--height", "96", "--width", "128"]) == 0
     printed = capsys.readouterr().out.split()
     assert sorted(Path(p).name for p in printed) == sorted(
-        f"{n}.{s}" for n in ("features", "bbox_head0", "mask_head0") for s in ("pt2", "onnx"))
+        f"{n}.{s}" for n in ("features", "bbox_head0", "mask_head0") for s in ("pt2", "onnx")
+    )
     assert all(Path(p).is_file() and "PosixPath" not in p for p in printed)
     program = torch.export.load(out / "bbox_head0.pt2")
     assert program.module()(torch.randn(2, 32, 7, 7))[0].shape[0] == 2

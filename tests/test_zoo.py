@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gcnet.config import COCO_CLASSES, BackboneConfig, Config
 import gcnet.zoo
+from gcnet.config import COCO_CLASSES, BackboneConfig, Config
 from gcnet.zoo import (
     C3_C5,
     NO_STAGES,
@@ -46,8 +46,9 @@ def _seed_rows() -> list[dict]:
         def num(text: str) -> float | None:
             return float(text) if text else None
 
-        rows.append(dict(name=name, url=url, mem=num(cells[4]), fps=num(cells[5]),
-                         box=float(cells[6]), mask=float(cells[7])))
+        rows.append(
+            dict(name=name, url=url, mem=num(cells[4]), fps=num(cells[5]), box=float(cells[6]), mask=float(cells[7]))
+        )
     return rows
 
 
@@ -67,8 +68,10 @@ def test_representative_rows_literal_values():
     e = ZOO["mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco"]
     assert e.legacy_name == "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco"
     assert e.sha256_prefix == "17235656"
-    assert e.url == ("https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco/"
-                     "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco_20200204-17235656.pth")
+    assert e.url == (
+        "https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco/"
+        "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco_20200204-17235656.pth"
+    )
     assert (e.box_ap, e.mask_ap, e.fps, e.mem_gb) == (39.9, 36.0, 15.0, 5.1)
     bb = e.config.model.backbone
     assert (bb.depth, bb.groups, bb.base_width, bb.norm, bb.norm_eval) == (50, 1, 64, "bn", True)
@@ -104,13 +107,25 @@ def test_cascade_dcn_row_literal_values():
     bb = e.config.model.backbone
     assert bb.dcn_stages == (False, True, True, True)
     assert (bb.depth, bb.groups, bb.base_width, bb.norm, bb.norm_eval, bb.gc_ratio) == (
-        101, 32, 4, "syncbn", False, 0.0625)
+        101,
+        32,
+        4,
+        "syncbn",
+        False,
+        0.0625,
+    )
     roi = e.config.model.roi
     assert roi.cascade and len(roi.stages) == 3
     assert [s.target_stds for s in roi.stages] == [
-        (0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)]
+        (0.1, 0.1, 0.2, 0.2),
+        (0.05, 0.05, 0.1, 0.1),
+        (0.033, 0.033, 0.067, 0.067),
+    ]
     assert [(s.pos_iou, s.neg_iou, s.min_pos_iou) for s in roi.stages] == [
-        (0.5, 0.5, 0.5), (0.6, 0.6, 0.6), (0.7, 0.7, 0.7)]
+        (0.5, 0.5, 0.5),
+        (0.6, 0.6, 0.6),
+        (0.7, 0.7, 0.7),
+    ]
     assert [s.loss_weight for s in roi.stages] == [1.0, 0.5, 0.25]
     assert all(s.reg_class_agnostic and not s.match_low_quality for s in roi.stages)
     assert all(s.loss_bbox == "smooth_l1" and s.smooth_l1_beta == 1.0 for s in roi.stages)
@@ -183,11 +198,14 @@ def test_unknown_name_lists_close_matches():
 
 
 # whole-model state_dict sizes of the original (spec: 464 / 946 / 1006 entries)
-@pytest.mark.parametrize("name, expected", [
-    ("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco", 464),
-    ("cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco", 946),
-    (CASCADE, 1006),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco", 464),
+        ("cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco", 946),
+        (CASCADE, 1006),
+    ],
+)
 def test_zoo_configs_build_models_with_the_originals_key_count(name, expected):
     detector = pytest.importorskip("gcnet.models.detector")
     import torch
@@ -266,9 +284,18 @@ def _hypothetical_row(**changes) -> ZooRow:
     row = ZooRow(
         name="my-r50-gc16-cascade",
         legacy_name="experiment 20",
-        arch="cascade-mask-rcnn", depth=50, groups=1, base_width=64, norm="bn",
-        gc_ratio=1 / 16, dcn_stages=NO_STAGES, pretrained="torchvision://resnet50",
-        mem_gb=None, fps=None, box_ap=41.0, mask_ap=36.0,
+        arch="cascade-mask-rcnn",
+        depth=50,
+        groups=1,
+        base_width=64,
+        norm="bn",
+        gc_ratio=1 / 16,
+        dcn_stages=NO_STAGES,
+        pretrained="torchvision://resnet50",
+        mem_gb=None,
+        fps=None,
+        box_ap=41.0,
+        mask_ap=36.0,
         url="https://example.org/checkpoints/r50_gc16_cascade_20990101-0123abcd.pth",
     )
     return dataclasses.replace(row, **changes)
@@ -278,8 +305,7 @@ def test_a_twentieth_row_needs_no_name_grammar():
     row = _hypothetical_row()
     assert _LEGACY_NAME.fullmatch(row.legacy_name) is None
     e = entry_from_row(row)
-    assert (e.name, e.legacy_name, e.url, e.sha256_prefix) == (
-        row.name, row.legacy_name, row.url, "0123abcd")
+    assert (e.name, e.legacy_name, e.url, e.sha256_prefix) == (row.name, row.legacy_name, row.url, "0123abcd")
     assert (e.box_ap, e.mask_ap, e.fps, e.mem_gb) == (41.0, 36.0, None, None)
     expected = cascade_mask_rcnn_config(resnet_backbone(50, gc_ratio=1 / 16), name=row.name)
     assert e.config == expected and e.config.name == row.name
@@ -287,20 +313,24 @@ def test_a_twentieth_row_needs_no_name_grammar():
     assert (bb.gc_ratio, bb.gc_stages, bb.norm, bb.norm_eval) == (0.0625, C3_C5, "bn", True)
     assert e.config.model.roi.cascade and len(e.config.model.roi.stages) == 3
     # the row's own stages and weights are used, not ones implied by its depth or name
-    other = entry_from_row(_hypothetical_row(gc_stages=(False, False, True, True), dcn_stages=C3_C5,
-                                             pretrained=None, norm="syncbn"))
+    other = entry_from_row(
+        _hypothetical_row(gc_stages=(False, False, True, True), dcn_stages=C3_C5, pretrained=None, norm="syncbn")
+    )
     bb = other.config.model.backbone
     assert (bb.gc_stages, bb.dcn_stages, bb.pretrained) == ((False, False, True, True), C3_C5, None)
     assert (bb.norm, bb.norm_eval) == ("syncbn", False)
 
 
-@pytest.mark.parametrize("changes, pattern", [
-    (dict(arch="retinanet"), "arch"),
-    (dict(norm="gn"), "norm"),
-    (dict(depth=34), "depth"),
-    (dict(gc_ratio=4.0), "gc_ratio"),
-    (dict(url="https://example.org/no_hash.pth"), "sha256"),
-])
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (dict(arch="retinanet"), "arch"),
+        (dict(norm="gn"), "norm"),
+        (dict(depth=34), "depth"),
+        (dict(gc_ratio=4.0), "gc_ratio"),
+        (dict(url="https://example.org/no_hash.pth"), "sha256"),
+    ],
+)
 def test_a_bad_row_is_refused_with_the_field_named(changes, pattern):
     with pytest.raises(ValueError, match=pattern):
         entry_from_row(_hypothetical_row(**changes))

@@ -42,8 +42,17 @@ def tiny_coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     Image.fromarray(image).save(root / "000001.png")
     ann = {
         "images": [{"id": 1, "file_name": "000001.png", "width": 64, "height": 48}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 8, 30, 20], "area": 600,
-                         "iscrowd": 0, "segmentation": [[10, 8, 40, 8, 40, 28, 10, 28]]}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 8, 30, 20],
+                "area": 600,
+                "iscrowd": 0,
+                "segmentation": [[10, 8, 40, 8, 40, 28, 10, 28]],
+            }
+        ],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(COCO_CLASSES)],
     }
     (root / "ann.json").write_text(json.dumps(ann))
@@ -66,8 +75,7 @@ def test_zoo_config_checkpoint_round_trip(name: str, tmp_path: Path, tiny_coco, 
     out = tmp_path / "pred"
     assert main(["predict", name, str(image), "--checkpoint", str(path), "--out", str(out), *SMALL]) == 0
     assert (out / "detections.json").is_file() and (out / "000001.png").is_file()
-    assert main(["test", name, "--checkpoint", str(path), "--data", str(ann), "--images", str(images),
-                 *SMALL]) == 0
+    assert main(["test", name, "--checkpoint", str(path), "--data", str(ann), "--images", str(images), *SMALL]) == 0
     assert "error" not in capsys.readouterr().err
 
 
@@ -89,21 +97,28 @@ def test_dcn_checkpoint_in_mmcv_legacy_layout_loads(tmp_path: Path) -> None:
     for key, value in model.state_dict().items():
         legacy["module." + key.replace(".conv2.conv_offset.", ".conv2_offset.")] = value
     assert sum(".conv2_offset." in k for k in legacy) == 2 * sum(
-        isinstance(m, torch.nn.Conv2d) and n.endswith("conv_offset") for n, m in model.named_modules())
+        isinstance(m, torch.nn.Conv2d) and n.endswith("conv_offset") for n, m in model.named_modules()
+    )
     path = tmp_path / "legacy.pth"
     torch.save({"state_dict": legacy, "meta": {"epoch": 12}}, path)
     _same_state(model, gcnet.build_detector(name, checkpoint=str(path)))
 
 
 def test_legacy_rename_touches_only_old_keys_where_the_current_key_is_absent() -> None:
-    model_keys = ["b.layer2.0.conv2.weight", "b.layer2.0.conv2.conv_offset.weight",
-                  "b.layer2.0.conv2.conv_offset.bias", "b.layer3.0.conv2.conv_offset.weight"]
+    model_keys = [
+        "b.layer2.0.conv2.weight",
+        "b.layer2.0.conv2.conv_offset.weight",
+        "b.layer2.0.conv2.conv_offset.bias",
+        "b.layer3.0.conv2.conv_offset.weight",
+    ]
     one, two, three = torch.ones(1), torch.full((1,), 2.0), torch.full((1,), 3.0)
-    current = {"b.layer2.0.conv2.weight": one, "b.layer2.0.conv2.conv_offset.weight": two,
-               "b.layer2.0.conv2.conv_offset.bias": three}
+    current = {
+        "b.layer2.0.conv2.weight": one,
+        "b.layer2.0.conv2.conv_offset.weight": two,
+        "b.layer2.0.conv2.conv_offset.bias": three,
+    }
     assert upgrade_legacy_dcn_keys(current, model_keys) == current  # current layout: untouched
-    old = {"b.layer2.0.conv2.weight": one, "b.layer2.0.conv2_offset.weight": two,
-           "b.layer2.0.conv2_offset.bias": three}
+    old = {"b.layer2.0.conv2.weight": one, "b.layer2.0.conv2_offset.weight": two, "b.layer2.0.conv2_offset.bias": three}
     assert list(upgrade_legacy_dcn_keys(old, model_keys)) == list(current)  # renamed in place, order kept
     both = {**current, "b.layer2.0.conv2_offset.weight": one}  # current wins; the old key stays (unexpected)
     upgraded = upgrade_legacy_dcn_keys(both, model_keys)
@@ -120,13 +135,16 @@ def test_every_load_transformation_on_current_and_old_layout(tmp_path: Path, pre
     and legacy DCN keys: the same weights arrive."""
     from test_checkpoint import module_from_shapes
 
-    shapes = {"backbone.layer2.0.conv2.weight": (2, 2, 3, 3),
-              "backbone.layer2.0.conv2.conv_offset.weight": (18, 2, 3, 3),
-              "backbone.layer2.0.conv2.conv_offset.bias": (18,)}
+    shapes = {
+        "backbone.layer2.0.conv2.weight": (2, 2, 3, 3),
+        "backbone.layer2.0.conv2.conv_offset.weight": (18, 2, 3, 3),
+        "backbone.layer2.0.conv2.conv_offset.bias": (18,),
+    }
     values = {k: torch.full(s, float(i + 1)) for i, (k, s) in enumerate(shapes.items())}
     for legacy in (False, True):
-        weights = {prefix + (k.replace(".conv2.conv_offset.", ".conv2_offset.") if legacy else k): v
-                   for k, v in values.items()}
+        weights = {
+            prefix + (k.replace(".conv2.conv_offset.", ".conv2_offset.") if legacy else k): v for k, v in values.items()
+        }
         path = tmp_path / f"w{int(legacy)}.pth"
         torch.save(weights if wrapper is None else {wrapper: weights}, path)
         sd, _ = read_checkpoint(path)

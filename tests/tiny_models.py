@@ -25,8 +25,13 @@ CLASSES = ("a", "b", "c")
 
 def tiny_config(cascade: bool = False, scale: tuple[int, int] = (128, 96), **roi: object) -> Config:
     """R-18 GC r4, 32-channel FPN, 3 classes; ``roi`` overrides RoIConfig fields."""
-    roi_cfg = RoIConfig(num_classes=len(CLASSES), in_channels=32, fc_channels=64, max_per_img=10,
-                        stages=cascade_stages() if cascade else (RoIStageConfig(),))
+    roi_cfg = RoIConfig(
+        num_classes=len(CLASSES),
+        in_channels=32,
+        fc_channels=64,
+        max_per_img=10,
+        stages=cascade_stages() if cascade else (RoIStageConfig(),),
+    )
     model = ModelConfig(
         backbone=BackboneConfig(depth=18, pretrained=None, gc_ratio=1 / 4),
         neck=FPNConfig(in_channels=(64, 128, 256, 512), out_channels=32),

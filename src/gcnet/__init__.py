@@ -22,7 +22,20 @@ from gcnet.zoo import ZOO, get_config, list_models
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ContextBlock", "Detections", "ImageMeta", "Targets", "TwoStageDetector", "ZOO",
-    "apply_overrides", "build", "build_detector", "build_model", "get_config", "list_models",
-    "load_checkpoint", "predict", "save_checkpoint",
+    "Config",
+    "ContextBlock",
+    "Detections",
+    "ImageMeta",
+    "Targets",
+    "TwoStageDetector",
+    "ZOO",
+    "apply_overrides",
+    "build",
+    "build_detector",
+    "build_model",
+    "get_config",
+    "list_models",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
 ]

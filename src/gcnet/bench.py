@@ -18,9 +18,10 @@ import dataclasses
 import math
 import platform
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from gcnet.zoo import ZOO
 DType = Literal["fp32", "bf16", "fp16"]
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (427, 640)
 PEER_NAME = "torchvision maskrcnn_resnet50_fpn"
-ImageSource = Union[tuple[int, int], Sequence[np.ndarray]]
+ImageSource = tuple[int, int] | Sequence[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,9 @@ class BenchResult:
     input_shape: tuple[int, int]  # padded network input (h, w) of the first timed batch
     batch_size: int
     times_ms: tuple[float, ...]
-    peak_mem_mb: Optional[float]
+    peak_mem_mb: float | None
     mem_note: str
-    detections_per_image: Optional[float] = None
+    detections_per_image: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -83,7 +84,7 @@ class BenchResult:
         return 1000.0 * self.batch_size / self.mean_ms
 
     @property
-    def peak_mem_gb(self) -> Optional[float]:
+    def peak_mem_gb(self) -> float | None:
         return None if self.peak_mem_mb is None else self.peak_mem_mb / 1024.0
 
 
@@ -119,8 +120,12 @@ def synthetic_input(
     gen = torch.Generator().manual_seed(seed)
     images = torch.zeros(batch_size, 3, hp, wp)
     images[:, :, :h, :w] = torch.randn(batch_size, 3, h, w, generator=gen)
-    meta = ImageMeta(img_shape=(h, w), ori_shape=cast("tuple[int, int]", tuple(image_size)),
-                     scale_factor=(w / image_size[1], h / image_size[0]), pad_shape=(hp, wp))
+    meta = ImageMeta(
+        img_shape=(h, w),
+        ori_shape=cast("tuple[int, int]", tuple(image_size)),
+        scale_factor=(w / image_size[1], h / image_size[0]),
+        pad_shape=(hp, wp),
+    )
     return images, [meta] * batch_size
 
 
@@ -139,7 +144,7 @@ def _real_inputs(images: Sequence[np.ndarray], data: DataConfig) -> list[tuple[T
     return batches
 
 
-def _maybe_compile(model: nn.Module, compile: Union[bool, CompileScope]) -> nn.Module:
+def _maybe_compile(model: nn.Module, compile: bool | CompileScope) -> nn.Module:
     """``compile``: False, True (= "full") or a :func:`compile_detector` scope."""
     if not compile:
         return model
@@ -151,9 +156,9 @@ def _maybe_compile(model: nn.Module, compile: Union[bool, CompileScope]) -> nn.M
 def benchmark_inference(
     model: nn.Module,
     image_size: ImageSource = DEFAULT_IMAGE_SIZE,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: DType = "fp32",
-    compile: Union[bool, CompileScope] = False,
+    compile: bool | CompileScope = False,
     warmup: int = 5,
     iters: int = 50,
     data: DataConfig = DataConfig(),
@@ -224,9 +229,9 @@ def cpu_model() -> str:
 def benchmark_training_step(
     model: nn.Module,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: DType = "fp32",
-    compile: Union[bool, CompileScope] = False,
+    compile: bool | CompileScope = False,
     warmup: int = 2,
     iters: int = 10,
     batch_size: int = 2,
@@ -309,9 +314,9 @@ def torchvision_peer(
 def benchmark_peer(
     peer: nn.Module,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: DType = "fp32",
-    compile: Union[bool, CompileScope] = False,
+    compile: bool | CompileScope = False,
     warmup: int = 5,
     iters: int = 50,
     name: str = PEER_NAME,
@@ -352,13 +357,13 @@ def benchmark_peer(
 # ------------------------------------------------------------------------------------ reporting
 
 
-def _seed_numbers(name: str) -> tuple[Optional[float], Optional[float]]:
+def _seed_numbers(name: str) -> tuple[float | None, float | None]:
     """(mem GB, fps) the original's table gives for ``name``, or None where unknown."""
     entry = ZOO.get(name)
     return (None, None) if entry is None else (entry.mem_gb, entry.fps)
 
 
-def _fmt(value: Optional[float], digits: int) -> str:
+def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -368,7 +373,7 @@ ROW_HEADER = (
 )
 
 
-def format_row(result: BenchResult, config_name: Optional[str] = None) -> str:
+def format_row(result: BenchResult, config_name: str | None = None) -> str:
     """A markdown row comparable with the seed's table (seed numbers from ``gcnet.zoo`` when known).
 
     The seed's numbers are V100 FP32 figures: compare ratios, not absolute values, on other hardware.
@@ -386,12 +391,12 @@ def format_row(result: BenchResult, config_name: Optional[str] = None) -> str:
 
 
 def run_bench(
-    config_name_or_cfg: Union[str, Path, Config],
-    checkpoint: Optional[Union[str, Path]] = None,
+    config_name_or_cfg: str | Path | Config,
+    checkpoint: str | Path | None = None,
     overrides: Sequence[str] = (),
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: DType = "fp32",
-    compile: Union[bool, CompileScope] = False,
+    compile: bool | CompileScope = False,
     iters: int = 50,
     peer: bool = False,
     image_size: ImageSource = DEFAULT_IMAGE_SIZE,
@@ -423,7 +428,14 @@ def run_bench(
             raise ValueError("run_bench(train=True) needs image_size as an (h, w) tuple")
         results.append(
             benchmark_training_step(
-                model, image_size, device, dtype, compile, warmup=min(warmup, 2), iters=iters, data=cfg.data,
+                model,
+                image_size,
+                device,
+                dtype,
+                compile,
+                warmup=min(warmup, 2),
+                iters=iters,
+                data=cfg.data,
                 name=cfg.name,
             )
         )

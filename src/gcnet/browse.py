@@ -103,17 +103,23 @@ def dataset_stats(ann_file: str | os.PathLike[str], data: dict[str, Any] | None 
         if w < 1 or h < 1:
             empty_box += 1
         im = images[image_id]
-        if x < -0.5 or y < -0.5 or x + w > float(im.get("width", x + w)) + 0.5 or y + h > float(
-                im.get("height", y + h)) + 0.5:
+        if (
+            x < -0.5
+            or y < -0.5
+            or x + w > float(im.get("width", x + w)) + 0.5
+            or y + h > float(im.get("height", y + h)) + 0.5
+        ):
             outside += 1
     for cat_id, cls in by_cat.items():
         cls.images = len(images_of[cat_id])
     stats.classes = list(by_cat.values())
     stats.images_without_annotations = stats.images - len(annotated)
-    for count, what in ((unknown_image, "annotation(s) of image ids not in 'images'"),
-                        (unknown_cat, "annotation(s) of category ids not in 'categories'"),
-                        (empty_box, "box(es) narrower or lower than 1 pixel (skipped in training)"),
-                        (outside, "box(es) reaching outside their image")):
+    for count, what in (
+        (unknown_image, "annotation(s) of image ids not in 'images'"),
+        (unknown_cat, "annotation(s) of category ids not in 'categories'"),
+        (empty_box, "box(es) narrower or lower than 1 pixel (skipped in training)"),
+        (outside, "box(es) reaching outside their image"),
+    ):
         if count:
             stats.problems.append(f"{count} {what}")
     for cls in stats.classes:
@@ -125,7 +131,9 @@ def dataset_stats(ann_file: str | os.PathLike[str], data: dict[str, Any] | None 
         stats.image_sizes = {
             "min_wh": [min(w for w, _ in sizes), min(h for _, h in sizes)],
             "max_wh": [max(w for w, _ in sizes), max(h for _, h in sizes)],
-            "most_common_wh": list(common[0]), "most_common_count": common[1], "distinct": len(set(sizes)),
+            "most_common_wh": list(common[0]),
+            "most_common_count": common[1],
+            "distinct": len(set(sizes)),
         }
     return stats
 
@@ -140,15 +148,21 @@ def format_dataset_stats(stats: DatasetStats) -> str:
     ]
     if stats.image_sizes:
         s = stats.image_sizes
-        lines.append(f"image sizes (w x h): {s['min_wh'][0]}x{s['min_wh'][1]} to {s['max_wh'][0]}x{s['max_wh'][1]}, "
-                     f"most often {s['most_common_wh'][0]}x{s['most_common_wh'][1]} ({s['most_common_count']} images, "
-                     f"{s['distinct']} distinct sizes)")
+        lines.append(
+            f"image sizes (w x h): {s['min_wh'][0]}x{s['min_wh'][1]} to {s['max_wh'][0]}x{s['max_wh'][1]}, "
+            f"most often {s['most_common_wh'][0]}x{s['most_common_wh'][1]} ({s['most_common_count']} images, "
+            f"{s['distinct']} distinct sizes)"
+        )
     width = max([5] + [len(c.name) for c in stats.classes])
-    lines.append(f"{'class':<{width}} {'id':>5} {'instances':>9} {'share':>6} {'images':>6} "
-                 f"{'small':>6} {'medium':>6} {'large':>6} {'crowd':>5}")
+    lines.append(
+        f"{'class':<{width}} {'id':>5} {'instances':>9} {'share':>6} {'images':>6} "
+        f"{'small':>6} {'medium':>6} {'large':>6} {'crowd':>5}"
+    )
     for c in stats.classes:
-        lines.append(f"{c.name:<{width}} {c.category_id:>5} {c.instances:>9} {100 * c.instances / total:>5.1f}% "
-                     f"{c.images:>6} {c.small:>6} {c.medium:>6} {c.large:>6} {c.crowd:>5}")
+        lines.append(
+            f"{c.name:<{width}} {c.category_id:>5} {c.instances:>9} {100 * c.instances / total:>5.1f}% "
+            f"{c.images:>6} {c.small:>6} {c.medium:>6} {c.large:>6} {c.crowd:>5}"
+        )
     if stats.problems:
         lines.append("problems:")
         lines.extend(f"  {p}" for p in stats.problems[:MAX_PROBLEMS_SHOWN])
@@ -191,8 +205,10 @@ def browse(
             missing += 1
             continue
         if (rgb.shape[1], rgb.shape[0]) != (int(im.get("width", rgb.shape[1])), int(im.get("height", rgb.shape[0]))):
-            stats.problems.append(f"{im['file_name']}: the file is {rgb.shape[1]}x{rgb.shape[0]}, "
-                                  f"the json says {im.get('width')}x{im.get('height')}")
+            stats.problems.append(
+                f"{im['file_name']}: the file is {rgb.shape[1]}x{rgb.shape[0]}, "
+                f"the json says {im.get('width')}x{im.get('height')}"
+            )
             continue
         own = anns.get(int(im["id"]), [])
         name = f"{int(im['id'])}_{Path(im['file_name']).stem}.png"
@@ -203,8 +219,11 @@ def browse(
     stats.drawn = len(figures)
     (out / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
     summary = "<pre>" + H.esc(format_dataset_stats(stats)) + "</pre>"
-    (out / "index.html").write_text(H.page(f"gcnet browse: {Path(ann_file).name}",
-                                           [("stats", "Statistics", summary),
-                                            ("images", f"Images ({len(figures)} drawn)", "\n".join(figures))]),
-                                    encoding="utf-8")
+    (out / "index.html").write_text(
+        H.page(
+            f"gcnet browse: {Path(ann_file).name}",
+            [("stats", "Statistics", summary), ("images", f"Images ({len(figures)} drawn)", "\n".join(figures))],
+        ),
+        encoding="utf-8",
+    )
     return stats

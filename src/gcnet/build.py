@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ from gcnet.models.detector import TwoStageDetector, build_model
 from gcnet.speed import prepare_for_inference
 from gcnet.zoo import DEMO_NAME, UnknownModelError, get_config, get_entry
 
-Source = Union[str, os.PathLike, Config]
+Source = str | os.PathLike | Config
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
@@ -43,7 +44,7 @@ class BuiltDetector:
 
     model: TwoStageDetector
     config: Config
-    checkpoint: Optional[Path]  # the local file the weights came from (None: fresh weights)
+    checkpoint: Path | None  # the local file the weights came from (None: fresh weights)
 
 
 def _is_url(text: str) -> bool:
@@ -71,15 +72,17 @@ def check_source(source: Source) -> None:
             _named_config(text)
 
 
-def locate_checkpoint(checkpoint: Union[str, os.PathLike], config_name: Optional[str] = None) -> Path:
+def locate_checkpoint(checkpoint: str | os.PathLike, config_name: str | None = None) -> Path:
     """The local file behind a checkpoint argument: ``"zoo"`` (the published file of
     ``config_name``), a zoo config name, a URL or scheme name (downloaded once, sha256-checked,
     cached) or a path (which must exist)."""
     text = os.fspath(checkpoint)
     if text == "zoo":
         if config_name is None or config_name == DEMO_NAME:
-            raise UserError("--checkpoint zoo needs a zoo config name (see `gcnet zoo`); "
-                            f"{config_name or 'this config'} has no published file")
+            raise UserError(
+                "--checkpoint zoo needs a zoo config name (see `gcnet zoo`); "
+                f"{config_name or 'this config'} has no published file"
+            )
         return download(get_entry(config_name).url)
     if _is_url(text):
         return download(text)
@@ -92,7 +95,7 @@ def locate_checkpoint(checkpoint: Union[str, os.PathLike], config_name: Optional
         raise UserError(f"{path}: checkpoint file not found") from None
 
 
-def _recorded(meta: dict[str, Any], path: Path) -> tuple[Optional[Config], Optional[tuple[str, ...]]]:
+def _recorded(meta: dict[str, Any], path: Path) -> tuple[Config | None, tuple[str, ...] | None]:
     """(config, class names) a checkpoint records: ours write both; the original's files record
     ``CLASSES`` and a config as Python text (not ours to parse: its zoo config is used)."""
     recorded = meta.get("config")
@@ -111,8 +114,11 @@ _DATA_PATHS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_
 def _model_and_test_diff(a: Config, b: Config) -> list[str]:
     """What differs between two configs in the model, the classes and the data pipeline (the
     dataset paths and training schedule do not change what a model predicts)."""
-    return [d for d in config_diff(a, b)
-            if d.startswith(("model.", "data.", "class_names")) and not d.startswith(_DATA_PATHS)]
+    return [
+        d
+        for d in config_diff(a, b)
+        if d.startswith(("model.", "data.", "class_names")) and not d.startswith(_DATA_PATHS)
+    ]
 
 
 def _say(message: str) -> None:
@@ -121,12 +127,12 @@ def _say(message: str) -> None:
 
 def resolve(
     source: Source,
-    checkpoint: Union[str, os.PathLike, None] = None,
+    checkpoint: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
-) -> tuple[Config, Optional[Path], Optional[dict[str, Tensor]]]:
+) -> tuple[Config, Path | None, dict[str, Tensor] | None]:
     """(config, local checkpoint file or None, its state dict or None) for a source and checkpoint."""
-    named: Optional[Config] = None
-    config_name: Optional[str] = None
+    named: Config | None = None
+    config_name: str | None = None
     if isinstance(source, Config):
         named, config_name = source, source.name
     else:
@@ -143,12 +149,13 @@ def resolve(
         recorded, names = _recorded(meta, path)
         if recorded is not None:
             if named is not None and (diff := _model_and_test_diff(named, recorded)):
-                _say(f"{path} records its own config; using it, not {config_name}'s "
-                     f"(differs in {', '.join(diff)})")
+                _say(f"{path} records its own config; using it, not {config_name}'s (differs in {', '.join(diff)})")
             cfg = recorded
         elif cfg is None:
-            raise UserError(f"{path}: records no config (a published mmdetection file?); name its zoo "
-                            "config too, e.g. `gcnet test <zoo name> --checkpoint FILE`")
+            raise UserError(
+                f"{path}: records no config (a published mmdetection file?); name its zoo "
+                "config too, e.g. `gcnet test <zoo name> --checkpoint FILE`"
+            )
         if names and names != cfg.class_names:
             cfg = with_class_names(cfg, names)
     assert cfg is not None
@@ -165,10 +172,10 @@ def resolve(
 
 def build(
     source: Source,
-    checkpoint: Union[str, os.PathLike, None] = None,
+    checkpoint: str | os.PathLike | None = None,
     *,
     overrides: Sequence[str] = (),
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     fast: bool = False,
     load_pretrained: bool = False,
 ) -> BuiltDetector:
@@ -192,10 +199,10 @@ def build(
 
 def build_detector(
     source: Source,
-    checkpoint: Union[str, os.PathLike, None] = None,
+    checkpoint: str | os.PathLike | None = None,
     *,
     overrides: Sequence[str] = (),
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     fast: bool = False,
 ) -> TwoStageDetector:
     """The detector named by ``source`` (zoo name, ``gcnet-demo``, Config or our checkpoint file),
@@ -207,7 +214,7 @@ def build_detector(
     return build(source, checkpoint, overrides=overrides, device=device, fast=fast).model
 
 
-def default_device(device: Union[str, torch.device, None] = None) -> torch.device:
+def default_device(device: str | torch.device | None = None) -> torch.device:
     """The device asked for, else CUDA when there is one, else the CPU.
 
     A device that is no device name or is not available here is a one-line :class:`UserError`,
@@ -227,7 +234,9 @@ def default_device(device: Union[str, torch.device, None] = None) -> torch.devic
             raise UserError(f"device {device!r}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
     elif chosen.type != "cpu":
         modules = (getattr(torch.backends, chosen.type, None), getattr(torch, chosen.type, None))  # mps, xpu, ...
-        checks: list[Any] = [getattr(m, "is_available") for m in modules if callable(getattr(m, "is_available", None))]
+        checks: list[Any] = [
+            m.is_available for m in modules if m is not None and callable(getattr(m, "is_available", None))
+        ]
         if not checks or not checks[0]():
             raise UserError(f"device {device!r}: {chosen.type} is not available here; use --device cpu")
     return chosen

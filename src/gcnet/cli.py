@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -29,8 +30,8 @@ from gcnet.demo import run_demo
 from gcnet.engine import NonFiniteLossError, TrainingStopped, init_distributed, teardown_distributed, train
 from gcnet.errors import UserError, warn_line
 from gcnet.evaluation import evaluate_model
-from gcnet.flops import count_flops, format_count, gc_overhead, plain_twin, zoo_columns
 from gcnet.export import export_onnx, export_program, save_programs
+from gcnet.flops import count_flops, format_count, gc_overhead, plain_twin, zoo_columns
 from gcnet.inference import expand_image_paths, predict_to_dir, to_rgb_array
 from gcnet.paths import check_output_dir, check_output_file, describe_os_error, is_user_os_error
 from gcnet.report import summarise_test
@@ -39,8 +40,10 @@ from gcnet.zoo import ZOO
 from gcnet.zoo_flops import ZOO_FLOPS
 
 FAST_HELP = "inference mode: folded BN, channels-last, fastest CPU conv kernels (CPU: ~0.63x the time)"
-SOURCE_HELP = ("a zoo config name (see `gcnet zoo`), `gcnet-demo`, or a checkpoint file gcnet wrote "
-               "(it records its config and classes)")
+SOURCE_HELP = (
+    "a zoo config name (see `gcnet zoo`), `gcnet-demo`, or a checkpoint file gcnet wrote "
+    "(it records its config and classes)"
+)
 CHECKPOINT_HELP = "weights: a path, an http(s) URL, a zoo config name, or `zoo` for the config's published file"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is one, else cpu)"
 EXIT_CODES = """exit codes: 0 done; 1 done, but some images could not be read (skipped, each named in a warning);
@@ -75,8 +78,10 @@ def _weights_given(args: argparse.Namespace) -> None:
     """predict and test need trained weights: the source file itself or --checkpoint."""
     check_source(args.config)
     if args.checkpoint is None and not Path(args.config).is_file():
-        raise UserError(f"{args.config} is a config, not a checkpoint file: give its weights with "
-                        "--checkpoint (a file, a URL, or `zoo` for the published file)")
+        raise UserError(
+            f"{args.config} is a config, not a checkpoint file: give its weights with "
+            "--checkpoint (a file, a URL, or `zoo` for the published file)"
+        )
 
 
 class _Skips:
@@ -100,8 +105,9 @@ class _Skips:
 def cli_predict(args: argparse.Namespace) -> int:
     _weights_given(args)
     images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
-    built = build(args.config, args.checkpoint, overrides=args.overrides,
-                  device=default_device(args.device), fast=args.fast)
+    built = build(
+        args.config, args.checkpoint, overrides=args.overrides, device=default_device(args.device), fast=args.fast
+    )
     skips = _Skips("predict")
     done = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips)
     print(f"wrote {done.done} drawing(s) to {args.out}, {done.detections} and {done.images}")
@@ -121,11 +127,19 @@ def cli_test(args: argparse.Namespace) -> int:
         built = build(args.config, args.checkpoint, overrides=args.overrides, device=ctx.device, fast=args.fast)
         skips = _Skips("test")
         out = args.out if args.out is not None or args.report is None else args.report / "results.json"
-        stats = evaluate_model(built.model, args.data, args.images, built.config.data, args.batch_size, out,
-                               on_skip=skips)
+        stats = evaluate_model(
+            built.model, args.data, args.images, built.config.data, args.batch_size, out, on_skip=skips
+        )
         if stats:  # rank 0: per-class table, metrics json, report
-            summarise_test(stats, args.data, args.images, out, args.report,
-                           args.train_dir or find_train_dir(built.checkpoint), f"gcnet test: {built.config.name}")
+            summarise_test(
+                stats,
+                args.data,
+                args.images,
+                out,
+                args.report,
+                args.train_dir or find_train_dir(built.checkpoint),
+                f"gcnet test: {built.config.name}",
+            )
     finally:
         teardown_distributed()
     return skips.status(len(dataset))
@@ -136,9 +150,13 @@ def cli_train(args: argparse.Namespace) -> int:
     NaN/inf loss too), 128 + signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped the run after
     it saved latest.pth: `--resume` continues it."""
     cfg, _, _ = resolve(args.config, None, args.overrides)
-    paths = {"train_ann": args.data, "train_images": args.images,
-             "val_ann": args.val_data, "val_images": args.val_images}
-    given = {k: str(v) for k, v in paths.items() if v is not None}
+    paths = {
+        "train_ann": args.data,
+        "train_images": args.images,
+        "val_ann": args.val_data,
+        "val_images": args.val_images,
+    }
+    given: dict[str, Any] = {k: str(v) for k, v in paths.items() if v is not None}
     train_cfg = cfg.train if args.load_from is None else dataclasses.replace(cfg.train, load_from=args.load_from)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **given), train=train_cfg)
 
@@ -147,8 +165,14 @@ def cli_train(args: argparse.Namespace) -> int:
 
     evaluate_fn = evaluate if cfg.data.val_ann and cfg.data.val_images else None
     try:
-        final = train(cfg, args.work_dir, resume=args.resume, device=args.device, evaluate_fn=evaluate_fn,
-                      overwrite=args.overwrite)
+        final = train(
+            cfg,
+            args.work_dir,
+            resume=args.resume,
+            device=args.device,
+            evaluate_fn=evaluate_fn,
+            overwrite=args.overwrite,
+        )
     except TrainingStopped as stop:
         print(f"gcnet train: {stop}", file=sys.stderr)
         return stop.exit_code
@@ -166,9 +190,19 @@ def cli_bench(args: argparse.Namespace) -> int:
         if args.peer or args.train:
             raise UserError("--images times real images for gcnet alone; --peer and --train use the synthetic size")
         image_size = [to_rgb_array(p) for p in expand_image_paths([args.images])[: args.iters]]
-    results = run_bench(args.config, checkpoint=args.checkpoint, overrides=args.overrides, device=args.device,
-                        dtype=args.dtype, compile=args.compile, iters=args.iters, peer=args.peer,
-                        train=args.train, fast=args.fast, image_size=image_size)
+    results = run_bench(
+        args.config,
+        checkpoint=args.checkpoint,
+        overrides=args.overrides,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        iters=args.iters,
+        peer=args.peer,
+        train=args.train,
+        fast=args.fast,
+        image_size=image_size,
+    )
     print(ROW_HEADER)
     for result in results:  # the peer's rows carry the peer's own name
         print(format_row(result, None if result.name == PEER_NAME else args.config))
@@ -215,8 +249,15 @@ def cli_flops(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "zoo": cli_zoo, "predict": cli_predict, "test": cli_test, "train": cli_train,
-    "bench": cli_bench, "export": cli_export, "demo": cli_demo, "browse": cli_browse, "flops": cli_flops,
+    "zoo": cli_zoo,
+    "predict": cli_predict,
+    "test": cli_test,
+    "train": cli_train,
+    "bench": cli_bench,
+    "export": cli_export,
+    "demo": cli_demo,
+    "browse": cli_browse,
+    "flops": cli_flops,
 }
 
 
@@ -238,9 +279,16 @@ def _number(kind: type, low: float | None = None, high: float | None = None, mul
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if (low is not None and value < low) or (high is not None and value > high) or (multiple > 1 and value % multiple):
-            rule = [f">= {low:g}" if low is not None else "", f"<= {high:g}" if high is not None else "",
-                    f"a multiple of {multiple}" if multiple > 1 else ""]
+        if (
+            (low is not None and value < low)
+            or (high is not None and value > high)
+            or (multiple > 1 and value % multiple)
+        ):
+            rule = [
+                f">= {low:g}" if low is not None else "",
+                f"<= {high:g}" if high is not None else "",
+                f"a multiple of {multiple}" if multiple > 1 else "",
+            ]
             raise argparse.ArgumentTypeError(f"{text} must be {' and '.join(r for r in rule if r)}")
         return value
 
@@ -251,9 +299,15 @@ POSITIVE = _number(int, low=1)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted path, e.g. --set train.lr=0.01 "
-                        "or --set model.roi.stages.1.pos_iou=0.65")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted path, e.g. --set train.lr=0.01 "
+        "or --set model.roi.stages.1.pos_iou=0.65",
+    )
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -262,16 +316,23 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gcnet", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="gcnet",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"gcnet {__version__} (torch {torch.__version__})")
     parser.add_argument("--debug", action="store_true", help="show an error's traceback instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("zoo", help="list the published models with the seed's numbers")
     p.add_argument("--urls", action="store_true", help="also print checkpoint URLs")
-    p.add_argument("--flops", action="store_true",
-                   help="also print parameters, GFLOPs at 1333x800 and the GC blocks' share of them")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="also print parameters, GFLOPs at 1333x800 and the GC blocks' share of them",
+    )
 
     p = sub.add_parser("browse", help="draw a COCO-format set's ground truth and print its statistics")
     p.add_argument("annotations", type=Path, help="COCO instances json")
@@ -281,37 +342,69 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="parameters and GFLOPs of backbone, neck and heads (torch's FlopCounterMode)")
     _add_config(p)
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
-                   help="input image size (default: the config's test scale, 1333 800 for the zoo)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("W", "H"),
+        help="input image size (default: the config's test scale, 1333 800 for the zoo)",
+    )
 
     p = sub.add_parser("predict", help="detect objects in images: PNG drawings and COCO results json")
     _add_config(p)
     p.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: a PNG per image, detections.json (COCO results) and images.json "
-                        "(its images and categories: COCO('images.json').loadRes('detections.json'))")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: a PNG per image, detections.json (COCO results) and images.json "
+        "(its images and categories: COCO('images.json').loadRes('detections.json'))",
+    )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
-    p.add_argument("--score-thr", type=_number(float, 0, 1), default=0.3,
-                   help="keep detections scoring at least this, in the drawings and in detections.json alike "
-                        "(0 keeps every detection the model returns)")
+    p.add_argument(
+        "--score-thr",
+        type=_number(float, 0, 1),
+        default=0.3,
+        help="keep detections scoring at least this, in the drawings and in detections.json alike "
+        "(0 keeps every detection the model returns)",
+    )
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
-    p.add_argument("--report", type=Path, default=None, metavar="DIR",
-                   help="write an HTML report there: per-class AP, PR curves, confusion matrix, failure images, "
-                        "training curves (plots need matplotlib: pip install 'gcnet[report]')")
-    p.add_argument("--train-dir", type=Path, default=None, metavar="DIR",
-                   help="training work dir whose log.jsonl the report draws (default: the checkpoint's folder)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write an HTML report there: per-class AP, PR curves, confusion matrix, failure images, "
+        "training curves (plots need matplotlib: pip install 'gcnet[report]')",
+    )
+    p.add_argument(
+        "--train-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="training work dir whose log.jsonl the report draws (default: the checkpoint's folder)",
+    )
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument("--data", required=True, type=Path, help="COCO instances json")
     p.add_argument("--images", required=True, type=Path, help="image directory")
-    p.add_argument("--out", type=Path, default=None,
-                   help="write the detections there (COCO results json), before the evaluation runs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the detections there (COCO results json), before the evaluation runs",
+    )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=POSITIVE, default=1,
-                   help="images per forward pass (same-size images; the original tests one at a time)")
+    p.add_argument(
+        "--batch-size",
+        type=POSITIVE,
+        default=1,
+        help="images per forward pass (same-size images; the original tests one at a time)",
+    )
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
@@ -321,48 +414,86 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", type=Path, default=None)
     p.add_argument("--val-images", type=Path, default=None)
     p.add_argument("--work-dir", type=Path, default=Path("work_dirs/run"))
-    p.add_argument("--load-from", default=None, metavar="SOURCE",
-                   help="fine-tune: start from a trained model (path, URL, zoo name, or `zoo` for CONFIG's "
-                        "published file); weights that fit load, the class layers start afresh "
-                        "(= --set train.load_from=SOURCE)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --work-dir from its newest readable checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in a --work-dir that holds checkpoints (deletes them and the logs)")
+    p.add_argument(
+        "--load-from",
+        default=None,
+        metavar="SOURCE",
+        help="fine-tune: start from a trained model (path, URL, zoo name, or `zoo` for CONFIG's "
+        "published file); weights that fit load, the class layers start afresh "
+        "(= --set train.load_from=SOURCE)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --work-dir from its newest readable checkpoint"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a --work-dir that holds checkpoints (deletes them and the logs)",
+    )
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("bench", help="inference fps / memory and training step, as the seed measured")
     _add_config(p)
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="inference precision (bf16 / fp16 run under autocast)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="inference precision (bf16 / fp16 run under autocast)",
+    )
     p.add_argument("--compile", action="store_true", help="time the model after torch.compile")
     p.add_argument("--peer", action="store_true", help="also measure torchvision's Mask R-CNN")
     p.add_argument("--iters", type=POSITIVE, default=50, help="timed iterations (or real images) per row")
-    p.add_argument("--images", type=Path, default=None,
-                   help="directory of real images, timed in turn (default: one synthetic 640x427 image)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="directory of real images, timed in turn (default: one synthetic 640x427 image)",
+    )
     p.add_argument("--train", action="store_true", help="also time a training step at 2 images")
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
 
     p = sub.add_parser("export", help="export the static parts: torch.export archives (.pt2) and ONNX files")
     _add_config(p)
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (default: random weights)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: features, bbox_head<i> and mask_head<i> as .pt2 and/or .onnx files")
-    p.add_argument("--format", choices=("all", "torch", "onnx"), default="all",
-                   help="torch: torch.export archives (torch.export.load); onnx: ONNX files; all: both")
-    p.add_argument("--height", type=_number(int, low=32, multiple=32), default=800,
-                   help="padded input height of the features part (a multiple of 32)")
-    p.add_argument("--width", type=_number(int, low=32, multiple=32), default=1216,
-                   help="padded input width of the features part (a multiple of 32)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: features, bbox_head<i> and mask_head<i> as .pt2 and/or .onnx files",
+    )
+    p.add_argument(
+        "--format",
+        choices=("all", "torch", "onnx"),
+        default="all",
+        help="torch: torch.export archives (torch.export.load); onnx: ONNX files; all: both",
+    )
+    p.add_argument(
+        "--height",
+        type=_number(int, low=32, multiple=32),
+        default=800,
+        help="padded input height of the features part (a multiple of 32)",
+    )
+    p.add_argument(
+        "--width",
+        type=_number(int, low=32, multiple=32),
+        default=1216,
+        help="padded input width of the features part (a multiple of 32)",
+    )
 
     p = sub.add_parser("demo", help="generate the embedded dataset, train, evaluate, visualise")
-    p.add_argument("--work-dir", type=Path, default=Path("demo_out"), help="folder for the data, checkpoints and drawings")
+    p.add_argument(
+        "--work-dir", type=Path, default=Path("demo_out"), help="folder for the data, checkpoints and drawings"
+    )
     _add_overrides(p)
     for command in sub.choices.values():  # --debug after the command name works too
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show an error's traceback instead of its one line")
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show an error's traceback instead of its one line",
+        )
     return parser
 
 

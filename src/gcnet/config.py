@@ -17,7 +17,7 @@ import dataclasses
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from gcnet.data.config import DataConfig
 from gcnet.models.config import (
@@ -39,18 +39,36 @@ from gcnet.models.config import (
     config_error,
     conforms,
     field_types,
+    is_union,
     join_path,
     type_text,
 )
 
 __all__ = [
-    "AmpType", "BackboneConfig", "COCO_CLASSES", "COCO_STAT_NAMES", "Config", "ConfigError", "DataConfig", "FPNConfig",
-    "ModelConfig", "NormType", "RPNConfig", "RoIConfig", "RoIStageConfig", "TrainConfig",
-    "VAL_METRICS", "apply_overrides", "cascade_stages", "config_diff", "config_from_dict", "config_to_dict",
+    "AmpType",
+    "BackboneConfig",
+    "COCO_CLASSES",
+    "COCO_STAT_NAMES",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FPNConfig",
+    "ModelConfig",
+    "NormType",
+    "RPNConfig",
+    "RoIConfig",
+    "RoIStageConfig",
+    "TrainConfig",
+    "VAL_METRICS",
+    "apply_overrides",
+    "cascade_stages",
+    "config_diff",
+    "config_from_dict",
+    "config_to_dict",
     "with_class_names",
 ]
 
-AmpType = Optional[Literal["bf16", "fp16"]]
+AmpType = Literal["bf16", "fp16"] | None
 T = TypeVar("T")
 
 # COCO's 12 summary numbers in COCOeval.stats order, as training logs name them (bbox_AP, segm_AP50...)
@@ -76,7 +94,7 @@ class TrainConfig:
     epochs: int = 12
     grad_accum: int = 1
     amp: AmpType = None
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     seed: int = 0
     log_interval: int = 50
     checkpoint_interval: int = 1
@@ -87,30 +105,49 @@ class TrainConfig:
     find_unused_parameters: bool = False
     # Start from a trained model's weights (path, URL or zoo name; "zoo" = this config's published
     # file): tensors whose name and shape match load, the class-dependent layers start fresh.
-    load_from: Optional[str] = None
+    load_from: str | None = None
     # Keep work_dir/best.pth at the best value of this validation metric (None: no best.pth); only
     # when validation data is given. One of VAL_METRICS.
-    save_best: Optional[str] = "bbox_AP"
+    save_best: str | None = "bbox_AP"
     # Stop after this many evaluations in a row without a better save_best metric (None: never).
-    patience: Optional[int] = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(
             self,
-            {"lr": POSITIVE, "base_batch_size": AT_LEAST_1, "momentum": UNIT, "weight_decay": NON_NEGATIVE,
-             "warmup_iters": NON_NEGATIVE, "warmup_ratio": UNIT, "milestones": AT_LEAST_1, "gamma": POSITIVE,
-             "epochs": AT_LEAST_1, "grad_accum": AT_LEAST_1, "grad_clip": POSITIVE, "seed": NON_NEGATIVE,
-             "log_interval": AT_LEAST_1, "checkpoint_interval": AT_LEAST_1, "eval_interval": AT_LEAST_1,
-             "checkpoint_every_iters": NON_NEGATIVE, "patience": AT_LEAST_1},
+            {
+                "lr": POSITIVE,
+                "base_batch_size": AT_LEAST_1,
+                "momentum": UNIT,
+                "weight_decay": NON_NEGATIVE,
+                "warmup_iters": NON_NEGATIVE,
+                "warmup_ratio": UNIT,
+                "milestones": AT_LEAST_1,
+                "gamma": POSITIVE,
+                "epochs": AT_LEAST_1,
+                "grad_accum": AT_LEAST_1,
+                "grad_clip": POSITIVE,
+                "seed": NON_NEGATIVE,
+                "log_interval": AT_LEAST_1,
+                "checkpoint_interval": AT_LEAST_1,
+                "eval_interval": AT_LEAST_1,
+                "checkpoint_every_iters": NON_NEGATIVE,
+                "patience": AT_LEAST_1,
+            },
         )
         if list(self.milestones) != sorted(set(self.milestones)):
             raise config_error(self, "milestones", f"expected increasing epochs, no repeats, got {self.milestones!r}")
         if self.save_best is not None and self.save_best not in VAL_METRICS:
-            raise config_error(self, "save_best", f"expected None or a metric name ({', '.join(VAL_METRICS)}), "
-                               f"got {self.save_best!r}")
+            raise config_error(
+                self, "save_best", f"expected None or a metric name ({', '.join(VAL_METRICS)}), got {self.save_best!r}"
+            )
         if self.patience is not None and self.save_best is None:
-            raise config_error(self, "patience", f"counts evaluations without a better train.save_best metric: "
-                               f"set save_best too, got patience={self.patience} with save_best=None")
+            raise config_error(
+                self,
+                "patience",
+                f"counts evaluations without a better train.save_best metric: "
+                f"set save_best too, got patience={self.patience} with save_best=None",
+            )
         if self.load_from == "":
             raise config_error(self, "load_from", "expected None or a path, URL or zoo name, got ''")
 
@@ -134,11 +171,18 @@ class Config:
     def __post_init__(self) -> None:
         check_fields(self, non_empty=("class_names",))
         if self.model.roi.num_classes != len(self.class_names):
-            raise config_error(self, "model.roi.num_classes", f"expected {len(self.class_names)}, one per class "
-                               f"name (it follows class_names: set those instead), got {self.model.roi.num_classes}")
+            raise config_error(
+                self,
+                "model.roi.num_classes",
+                f"expected {len(self.class_names)}, one per class "
+                f"name (it follows class_names: set those instead), got {self.model.roi.num_classes}",
+            )
         if not self.model.with_mask and (self.train.save_best or "").startswith("segm_"):
-            raise config_error(self, "train.save_best", f"a box-only model (model.with_mask=False) has bbox "
-                               f"metrics only, got {self.train.save_best!r}")
+            raise config_error(
+                self,
+                "train.save_best",
+                f"a box-only model (model.with_mask=False) has bbox metrics only, got {self.train.save_best!r}",
+            )
 
 
 def with_class_names(cfg: Config, class_names: Sequence[str]) -> Config:
@@ -175,11 +219,12 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 def _build(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping of {cls.__name__} settings, got {data!r}")
-    types = field_types(cls)
+    types = field_types(cast(type, cls))
     for key in data:
         if key not in types:
-            raise ConfigError(f"{join_path(path, str(key))}: {cls.__name__} has no such setting "
-                              f"(settings: {', '.join(types)})")
+            raise ConfigError(
+                f"{join_path(path, str(key))}: {cls.__name__} has no such setting (settings: {', '.join(types)})"
+            )
     values = {key: _from_plain(value, types[key], join_path(path, key)) for key, value in data.items()}
     try:
         return cls(**values)
@@ -187,7 +232,7 @@ def _build(cls: type[T], data: Any, path: str) -> T:
         raise err.at(path) from None
 
 
-def _item_types(annotation: Any, count: int) -> Optional[tuple[Any, ...]]:
+def _item_types(annotation: Any, count: int) -> tuple[Any, ...] | None:
     """The annotations of ``count`` items of a tuple type; None if it holds another count."""
     args = typing.get_args(annotation)
     if len(args) == 2 and args[1] is Ellipsis:
@@ -206,7 +251,7 @@ def _from_plain(value: Any, annotation: Any, path: str) -> Any:
         if items is None:
             return tuple(value)
         return tuple(_from_plain(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, items)))
-    if origin is Union and value is not None:
+    if is_union(origin) and value is not None:
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _from_plain(value, inner[0], path) if len(inner) == 1 else value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -241,12 +286,13 @@ def _set_override(data: dict[str, Any], path: str, text: str) -> None:
     annotation: Any = Config
     for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
-        key: Union[str, int]
+        key: str | int
         if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             types = field_types(annotation)
             if part not in types:
-                raise ConfigError(f"{here}: {annotation.__name__} has no setting {part!r} "
-                                  f"(settings: {', '.join(types)})")
+                raise ConfigError(
+                    f"{here}: {annotation.__name__} has no setting {part!r} (settings: {', '.join(types)})"
+                )
             key, annotation = part, types[part]
         elif typing.get_origin(annotation) is tuple and isinstance(node, list):
             items = _item_types(annotation, len(node)) or ()
@@ -288,8 +334,12 @@ def _diff(a: Any, b: Any, path: str, lines: list[str]) -> None:
     if dataclasses.is_dataclass(a) and type(a) is type(b):
         for f in dataclasses.fields(a):
             _diff(getattr(a, f.name), getattr(b, f.name), join_path(path, f.name), lines)
-    elif (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
-          and any(dataclasses.is_dataclass(v) for v in a)):
+    elif (
+        isinstance(a, tuple)
+        and isinstance(b, tuple)
+        and len(a) == len(b)
+        and any(dataclasses.is_dataclass(v) for v in a)
+    ):
         for i, (x, y) in enumerate(zip(a, b)):
             _diff(x, y, join_path(path, str(i)), lines)
     else:

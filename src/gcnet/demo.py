@@ -32,8 +32,14 @@ from gcnet.visualise import save_visualisation
 from gcnet.zoo import DEMO_IMAGE_SIZE, demo_config
 
 
-def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int = 600,
-             num_val: int = 100, num_visualised: int = 8, report: bool = True) -> dict[str, Any]:
+def run_demo(
+    work_dir: str | Path,
+    overrides: Sequence[str] = (),
+    num_train: int = 600,
+    num_val: int = 100,
+    num_visualised: int = 8,
+    report: bool = True,
+) -> dict[str, Any]:
     """Generate the data, train, evaluate on the held-out split, draw predictions and (``report``)
     write the evaluation report of the last evaluation to ``work_dir/report/index.html``.
 
@@ -46,14 +52,22 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     times: dict[str, float] = {}
     start = time.perf_counter()
-    paths = make_synthetic_coco(work_dir / "data", num_train=num_train, num_val=num_val,
-                                image_size=DEMO_IMAGE_SIZE, seed=0)
+    paths = make_synthetic_coco(
+        work_dir / "data", num_train=num_train, num_val=num_val, image_size=DEMO_IMAGE_SIZE, seed=0
+    )
     times["data_s"] = time.perf_counter() - start
 
     cfg = demo_config()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, train_ann=paths["train_ann"], train_images=paths["train_images"],
-        val_ann=paths["val_ann"], val_images=paths["val_images"]))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            cfg.data,
+            train_ann=paths["train_ann"],
+            train_images=paths["train_images"],
+            val_ann=paths["val_ann"],
+            val_images=paths["val_images"],
+        ),
+    )
     cfg = apply_overrides(cfg, list(overrides))
 
     history: list[dict[str, Any]] = []
@@ -61,15 +75,15 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     val_results = work_dir / "val_results.json"
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, list[float]]:
-        stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data, progress=False,
-                               out=val_results)
+        stats = evaluate_model(model, paths["val_ann"], paths["val_images"], cfg.data, progress=False, out=val_results)
         history.append({"epoch": epoch, "bbox_AP": stats["bbox"][0], "segm_AP": stats["segm"][0]})
         last_stats[:] = [stats]
         return stats
 
     start = time.perf_counter()
-    final = train(cfg, work_dir / "train", resume=(work_dir / "train" / "latest.pth").exists(),
-                  device="cpu", evaluate_fn=evaluate)
+    final = train(
+        cfg, work_dir / "train", resume=(work_dir / "train" / "latest.pth").exists(), device="cpu", evaluate_fn=evaluate
+    )
     times["train_and_eval_s"] = time.perf_counter() - start
     model = build(final).model  # the checkpoint records the config it was trained with
     if not history:  # resumed after the last epoch had been evaluated: evaluate once more
@@ -84,17 +98,31 @@ def run_demo(work_dir: str | Path, overrides: Sequence[str] = (), num_train: int
     if report:
         start = time.perf_counter()
         steps = epoch_end_steps(work_dir / "train")
-        points = [(steps[h["epoch"]], {"bbox_AP": h["bbox_AP"], "segm_AP": h["segm_AP"]})
-                  for h in history if h["epoch"] in steps]
-        page = write_report(work_dir / "report", paths["val_ann"], paths["val_images"], val_results,
-                            last_stats[-1], train_dir=work_dir / "train", val_points=points,
-                            title=f"gcnet demo: {cfg.name} on the shapes val split")
+        points = [
+            (steps[h["epoch"]], {"bbox_AP": h["bbox_AP"], "segm_AP": h["segm_AP"]})
+            for h in history
+            if h["epoch"] in steps
+        ]
+        page = write_report(
+            work_dir / "report",
+            paths["val_ann"],
+            paths["val_images"],
+            val_results,
+            last_stats[-1],
+            train_dir=work_dir / "train",
+            val_points=points,
+            title=f"gcnet demo: {cfg.name} on the shapes val split",
+        )
         times["report_s"] = time.perf_counter() - start
         extra["report"] = str(page)
 
     summary = {
-        "bbox_AP": history[-1]["bbox_AP"], "segm_AP": history[-1]["segm_AP"], "history": history,
-        "checkpoint": str(final), "visualisations": str(work_dir / "vis"), **extra,
+        "bbox_AP": history[-1]["bbox_AP"],
+        "segm_AP": history[-1]["segm_AP"],
+        "history": history,
+        "checkpoint": str(final),
+        "visualisations": str(work_dir / "vis"),
+        **extra,
         **{k: round(v, 1) for k, v in times.items()},
     }
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=2))

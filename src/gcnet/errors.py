@@ -4,7 +4,7 @@ and the one-line warning of work that goes on without a part of its input."""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -115,7 +115,7 @@ def export_program(
     return programs
 
 
-def _folder(path: Union[str, Path], caller: str) -> Path:
+def _folder(path: str | Path, caller: str) -> Path:
     """The output folder (created): one file per part goes in it, so a file name is refused."""
     folder = Path(path)
     if folder.suffix in (".onnx", ".pt2"):
@@ -124,7 +124,7 @@ def _folder(path: Union[str, Path], caller: str) -> Path:
     return folder
 
 
-def save_programs(programs: dict[str, torch.export.ExportedProgram], path: Union[str, Path]) -> dict[str, Path]:
+def save_programs(programs: dict[str, torch.export.ExportedProgram], path: str | Path) -> dict[str, Path]:
     """Write each program of :func:`export_program` as ``<part>.pt2`` (``torch.export.save``) into
     the folder ``path`` (created) -> {part name: file}; :func:`load_programs` reads them back."""
     folder = _folder(path, "save_programs")
@@ -135,7 +135,7 @@ def save_programs(programs: dict[str, torch.export.ExportedProgram], path: Union
     return files
 
 
-def load_programs(path: Union[str, Path]) -> dict[str, torch.export.ExportedProgram]:
+def load_programs(path: str | Path) -> dict[str, torch.export.ExportedProgram]:
     """The ``*.pt2`` programs of a folder :func:`save_programs` wrote, by part name
     (for :meth:`DetectorParts.from_programs`)."""
     files = sorted(Path(path).glob("*.pt2"))
@@ -157,14 +157,18 @@ def _onnx_export(part: nn.Module, example: Tensor, path: Path, dynamic: bool, op
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            part, (example,), str(path), input_names=["x"], output_names=outputs,
-            dynamic_axes=axes, opset_version=opset, dynamo=use_dynamo,
+            part,
+            (example,),
+            str(path),
+            input_names=["x"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=use_dynamo,
         )
 
 
-def export_onnx(
-    model: nn.Module, path: Union[str, Path], image_size: tuple[int, int], opset: int = 17
-) -> dict[str, Path]:
+def export_onnx(model: nn.Module, path: str | Path, image_size: tuple[int, int], opset: int = 17) -> dict[str, Path]:
     """Write one ONNX file per part into the folder ``path`` (created) -> {part name: file}.
 
     Uses the dynamo exporter when ``onnxscript`` is installed, the TorchScript-based one otherwise.
@@ -197,7 +201,7 @@ def accept_empty_batch(fn: PartFn) -> PartFn:
     return run
 
 
-def onnx_runner(file: Union[str, Path]) -> PartFn:
+def onnx_runner(file: str | Path) -> PartFn:
     """An onnxruntime (CPU) session as a part function: Tensor in, tuple of Tensors out."""
     import onnxruntime as ort
 
@@ -256,15 +260,15 @@ class DetectorParts:
     mask_heads: Sequence[PartFn]
 
     @classmethod
-    def from_programs(cls, programs: dict[str, torch.export.ExportedProgram]) -> "DetectorParts":
+    def from_programs(cls, programs: dict[str, torch.export.ExportedProgram]) -> DetectorParts:
         return cls._from(lambda n: program_runner(programs[n]), programs.keys())
 
     @classmethod
-    def from_onnx(cls, files: dict[str, Path]) -> "DetectorParts":
+    def from_onnx(cls, files: dict[str, Path]) -> DetectorParts:
         return cls._from(lambda n: onnx_runner(files[n]), files.keys())
 
     @classmethod
-    def _from(cls, make: Callable[[str], PartFn], names) -> "DetectorParts":
+    def _from(cls, make: Callable[[str], PartFn], names) -> DetectorParts:
         names = sorted(names)
         return cls(
             features=make("features"),

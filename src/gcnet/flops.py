@@ -68,8 +68,9 @@ class FlopCount:
         return next(p for p in self.parts if p.name == name)
 
 
-def _deform_conv_flop(x_shape: Sequence[int], w_shape: Sequence[int], *args: Any,
-                      out_shape: Sequence[int] | None = None, **kwargs: Any) -> int:
+def _deform_conv_flop(
+    x_shape: Sequence[int], w_shape: Sequence[int], *args: Any, out_shape: Sequence[int] | None = None, **kwargs: Any
+) -> int:
     """torchvision's deform_conv2d as the convolution it computes: 2 x output x (in/groups x kh x kw)."""
     assert out_shape is not None
     return 2 * prod(out_shape) * prod(w_shape[1:])
@@ -130,8 +131,9 @@ def count_flops(cfg: Config, image_size: tuple[int, int] | None = None) -> FlopC
 def plain_twin(cfg: Config) -> Config:
     """The same detector without GC blocks (what the GC block's cost is measured against)."""
     backbone = dataclasses.replace(cfg.model.backbone, gc_ratio=None)
-    return dataclasses.replace(cfg, name=f"{cfg.name} without GC",
-                               model=dataclasses.replace(cfg.model, backbone=backbone))
+    return dataclasses.replace(
+        cfg, name=f"{cfg.name} without GC", model=dataclasses.replace(cfg.model, backbone=backbone)
+    )
 
 
 @dataclass(frozen=True)
@@ -159,16 +161,20 @@ def gc_overhead(with_gc: FlopCount, plain: FlopCount) -> GCOverhead:
 def format_count(count: FlopCount, overhead: GCOverhead | None = None) -> str:
     """The table ``gcnet flops`` prints."""
     h, w = count.input_hw
-    lines = [f"{count.config}: input {w}x{h} (w x h, padded); box head(s) on {count.num_proposals} RoIs, "
-             f"mask head(s) on {count.num_detections}",
-             f"{'part':<10} {'params (M)':>11} {'GFLOPs':>9}"]
+    lines = [
+        f"{count.config}: input {w}x{h} (w x h, padded); box head(s) on {count.num_proposals} RoIs, "
+        f"mask head(s) on {count.num_detections}",
+        f"{'part':<10} {'params (M)':>11} {'GFLOPs':>9}",
+    ]
     for part in count.parts:
         lines.append(f"{part.name:<10} {part.params / 1e6:>11.2f} {part.flops / 1e9:>9.1f}")
     lines.append(f"{'total':<10} {count.params / 1e6:>11.2f} {count.flops / 1e9:>9.1f}")
     if overhead is not None:
-        lines.append(f"GC blocks: +{overhead.flops / 1e9:.2f} GFLOPs ({100 * overhead.flops_share:.2f}% of the plain "
-                     f"twin's total, {100 * overhead.backbone_flops_share:.2f}% of its backbone), "
-                     f"+{overhead.params / 1e6:.2f} M params ({100 * overhead.params_share:.1f}%)")
+        lines.append(
+            f"GC blocks: +{overhead.flops / 1e9:.2f} GFLOPs ({100 * overhead.flops_share:.2f}% of the plain "
+            f"twin's total, {100 * overhead.backbone_flops_share:.2f}% of its backbone), "
+            f"+{overhead.params / 1e6:.2f} M params ({100 * overhead.params_share:.1f}%)"
+        )
     lines.append("FLOPs: a multiply-add counts 2 (torch's FlopCounterMode); convolutions and matrix products only")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from gcnet.paths import check_output_dir, naming, write_json
 from gcnet.structures import Detections
 from gcnet.visualise import save_visualisation
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = str | Path | Image.Image | np.ndarray
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -158,7 +158,9 @@ class PredictOutput:
 def _confident(det: Detections, score_thr: float) -> Detections:
     keep = det.scores >= score_thr
     masks = None if det.masks is None else det.masks[keep]
-    return dataclasses.replace(det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep], masks=masks)
+    return dataclasses.replace(
+        det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep], masks=masks
+    )
 
 
 def predict_to_dir(
@@ -167,7 +169,7 @@ def predict_to_dir(
     out_dir: Path,
     data_cfg: DataConfig = DataConfig(),
     score_thr: float = 0.3,
-    on_skip: Optional[Warn] = None,
+    on_skip: Warn | None = None,
 ) -> PredictOutput:
     """Predict each image into ``out_dir``: a PNG per image (masks, boxes, names, scores) and two
     jsons that ``pycocotools.coco.COCO("images.json").loadRes("detections.json")`` reads.
@@ -193,8 +195,12 @@ def predict_to_dir(
 
     def write() -> PredictOutput:
         header = {"images": entries, "categories": categories, "annotations": []}
-        return PredictOutput(write_json(out_dir / "detections.json", records),
-                             write_json(out_dir / "images.json", header), len(entries), tuple(skipped))
+        return PredictOutput(
+            write_json(out_dir / "detections.json", records),
+            write_json(out_dir / "images.json", header),
+            len(entries),
+            tuple(skipped),
+        )
 
     try:
         for index, path in enumerate(tqdm(images, desc="predict", dynamic_ncols=True)):
@@ -208,8 +214,15 @@ def predict_to_dir(
             with naming(out_dir / names_out[index]):
                 save_visualisation(rgb, det, out_dir / names_out[index], score_thr)
             image_id = index + 1  # by position, so ids do not move when an image is skipped
-            entries.append({"id": image_id, "file_name": str(path), "width": int(rgb.shape[1]),
-                            "height": int(rgb.shape[0]), "drawing": names_out[index]})
+            entries.append(
+                {
+                    "id": image_id,
+                    "file_name": str(path),
+                    "width": int(rgb.shape[1]),
+                    "height": int(rgb.shape[0]),
+                    "drawing": names_out[index],
+                }
+            )
             records.extend(detections_to_coco([det], [image_id], cat_ids))
     except BaseException:
         with contextlib.suppress(OSError):  # keep what was done; the stop itself is the error

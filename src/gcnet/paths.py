@@ -16,18 +16,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any
 
 from gcnet.checkpoint.io import atomic_write
 from gcnet.errors import UserError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 MIN_FREE_BYTES = 1 << 20  # below this a run would fail on its first checkpoint or json
-USER_ERRNOS = frozenset({  # the file system's answers a user can act on: one message, no traceback
-    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ENOENT,
-    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.ENOTEMPTY,
-})
+USER_ERRNOS = frozenset(
+    {  # the file system's answers a user can act on: one message, no traceback
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EEXIST,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+        errno.EFBIG,
+        errno.ENOTEMPTY,
+    }
+)
 
 
 def is_user_os_error(err: BaseException) -> bool:
@@ -72,8 +85,10 @@ def _check_folder(folder: Path, target: Path) -> None:
     """``folder`` (``target`` itself or the folder of the file ``target``) is or can become a
     folder that takes files; the message names ``target``."""
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{target}: " + ("exists and is not a directory" if folder == target
-                                          else f"{folder} is a file, not a directory"))
+        raise UserError(
+            f"{target}: "
+            + ("exists and is not a directory" if folder == target else f"{folder} is a file, not a directory")
+        )
     existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"{target}: cannot create {folder}, {existing} is a file")
@@ -100,6 +115,7 @@ def check_output_file(path: PathLike) -> Path:
             raise UserError(f"{path}: cannot write it ({err.strerror or err})") from None
     _check_folder(path.parent, path)
     return path
+
 
 @contextlib.contextmanager
 def naming(path: PathLike) -> Iterator[None]:

@@ -21,7 +21,8 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Callable, Literal, Optional, cast
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 CompileScope = Literal["full", "static"]
-_AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # PyTorch sends small inputs to its native kernel on purpose (faster there); so do we.
 _ONEDNN_MIN_NUMEL = 20480
@@ -128,7 +129,8 @@ class FastConv2d(nn.Conv2d):
             except RuntimeError as err:  # NNPACK refuses some CPUs / sizes with a generic status error
                 self._nnpack_failed = True
                 warnings.warn(
-                    f"NNPACK failed on input {tuple(x.shape)} ({err}); this conv uses PyTorch's kernel from now on"
+                    f"NNPACK failed on input {tuple(x.shape)} ({err}); this conv uses PyTorch's kernel from now on",
+                    stacklevel=2,
                 )
         return super().forward(x)
 
@@ -312,7 +314,7 @@ except (AttributeError, ValueError, OSError):  # not a POSIX system
     _PAGE = 4096
 
 
-def _rss_bytes() -> Optional[int]:
+def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
@@ -326,14 +328,14 @@ class _MemoryMeter:
     def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
         self.device = device
         self.interval_s = interval_s
-        self.peak_mb: Optional[float] = None
+        self.peak_mb: float | None = None
         self.note = ""
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._base = 0
         self._peak = 0
 
-    def __enter__(self) -> "_MemoryMeter":
+    def __enter__(self) -> _MemoryMeter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.note = "torch.cuda.max_memory_allocated (allocated, not reserved)"

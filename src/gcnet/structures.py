@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-
 DEFAULT_SIZE_DIVISOR = 32
 
 
@@ -62,14 +61,14 @@ class Targets:
     labels: Tensor
     masks: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Targets":
+    def to(self, device: torch.device | str) -> Targets:
         return Targets(
             self.boxes.to(device, non_blocking=True),
             self.labels.to(device, non_blocking=True),
             None if self.masks is None else self.masks.to(device, non_blocking=True),
         )
 
-    def pin_memory(self) -> "Targets":
+    def pin_memory(self) -> Targets:
         return Targets(
             self.boxes.pin_memory(),
             self.labels.pin_memory(),
@@ -91,7 +90,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         return replace(
             self,
             boxes=self.boxes.to(device),
@@ -116,14 +115,14 @@ class Batch:
     metas: list[ImageMeta]
     targets: list[Targets] | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.images.to(device, non_blocking=True),
             self.metas,
             None if self.targets is None else [t.to(device) for t in self.targets],
         )
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Page-locked copy, called by the DataLoader's ``pin_memory=True`` (it only pins objects
         with this method), so that ``to(cuda, non_blocking=True)`` overlaps the copy with compute."""
         return Batch(

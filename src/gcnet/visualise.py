@@ -53,9 +53,7 @@ def draw_detections(
     return out
 
 
-def save_visualisation(
-    image: np.ndarray, detections: Detections, path: str | Path, score_thr: float = 0.3
-) -> Path:
+def save_visualisation(image: np.ndarray, detections: Detections, path: str | Path, score_thr: float = 0.3) -> Path:
     """Draw and write a PNG; returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ location-major, then ratio.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -53,7 +53,10 @@ class AnchorGenerator:
         return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
 
     def single_level_grid_anchors(
-        self, featmap_size: tuple[int, int], stride: int, device: torch.device | str | None = None,
+        self,
+        featmap_size: tuple[int, int],
+        stride: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """[H*W*A, 4] anchors of one level; flat index = (y*W + x)*A + a."""
@@ -67,7 +70,9 @@ class AnchorGenerator:
         return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4).to(dtype)
 
     def grid_anchors(
-        self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None,
+        self,
+        featmap_sizes: Sequence[tuple[int, int]],
+        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> list[Tensor]:
         """One [H*W*A, 4] tensor per level."""
@@ -82,7 +87,9 @@ class AnchorGenerator:
         ]
 
     def valid_flags(
-        self, featmap_sizes: Sequence[tuple[int, int]], pad_shape: tuple[int, int],
+        self,
+        featmap_sizes: Sequence[tuple[int, int]],
+        pad_shape: tuple[int, int],
         device: torch.device | str | None = None,
     ) -> list[Tensor]:
         """Per level bool [H*W*A]: the location lies inside the image's own padded extent.
@@ -110,9 +117,4 @@ def anchor_inside_flags(anchors: Tensor, img_shape: tuple[int, int], allowed_bor
         return torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
     img_h, img_w = img_shape[0], img_shape[1]
     b = allowed_border
-    return (
-        (anchors[:, 0] >= -b)
-        & (anchors[:, 1] >= -b)
-        & (anchors[:, 2] < img_w + b)
-        & (anchors[:, 3] < img_h + b)
-    )
+    return (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < img_w + b) & (anchors[:, 3] < img_h + b)

@@ -65,9 +65,7 @@ class MaxIoUAssigner:
         num_gts, num_boxes = gt_boxes.shape[0], boxes.shape[0]
         device = boxes.device
         if gt_labels is not None and gt_labels.shape != (num_gts,):
-            raise ValueError(
-                f"MaxIoUAssigner.assign: gt_labels must be [{num_gts}], got {tuple(gt_labels.shape)}"
-            )
+            raise ValueError(f"MaxIoUAssigner.assign: gt_labels must be [{num_gts}], got {tuple(gt_labels.shape)}")
         if num_gts == 0 or num_boxes == 0:
             gt_inds = torch.zeros(num_boxes, dtype=torch.long, device=device)
             labels = None if gt_labels is None else torch.full_like(gt_inds, -1)

@@ -8,7 +8,7 @@ that results agree to the last float bit where possible.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,8 +34,7 @@ class DeltaXYWHBBoxCoder:
         """Deltas [N, 4] that move ``boxes`` onto ``gt`` (computed in float32, like the original)."""
         if boxes.shape != gt.shape or boxes.shape[-1] != 4:
             raise ValueError(
-                f"DeltaXYWHBBoxCoder.encode: boxes {tuple(boxes.shape)} and gt {tuple(gt.shape)} "
-                "must both be [N, 4]"
+                f"DeltaXYWHBBoxCoder.encode: boxes {tuple(boxes.shape)} and gt {tuple(gt.shape)} must both be [N, 4]"
             )
         p, g = boxes.float(), gt.float()
         px = (p[..., 0] + p[..., 2]) * 0.5
@@ -46,16 +45,12 @@ class DeltaXYWHBBoxCoder:
         gy = (g[..., 1] + g[..., 3]) * 0.5
         gw = g[..., 2] - g[..., 0]
         gh = g[..., 3] - g[..., 1]
-        deltas = torch.stack(
-            [(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1
-        )
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1)
         means = deltas.new_tensor(self.means)
         stds = deltas.new_tensor(self.stds)
         return (deltas - means) / stds
 
-    def decode(
-        self, boxes: Tensor, deltas: Tensor, max_shape: tuple[int, int] | None = None
-    ) -> Tensor:
+    def decode(self, boxes: Tensor, deltas: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor:
         """Apply deltas [N, 4k] to boxes [N, 4] -> [N, 4k]; clip to ``max_shape`` = (h, w)."""
         if boxes.dim() != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"DeltaXYWHBBoxCoder.decode: boxes must be [N, 4], got {tuple(boxes.shape)}")

@@ -14,9 +14,7 @@ from torchvision.ops import box_iou, nms
 __all__ = ["batched_nms", "box_iou"]
 
 
-def batched_nms(
-    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thr: float, split_thr: int = 10000
-) -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thr: float, split_thr: int = 10000) -> Tensor:
     """Indices of kept boxes (int64), sorted by descending score; NMS only within equal ``idxs``."""
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"batched_nms: boxes must be [N, 4], got {tuple(boxes.shape)}")

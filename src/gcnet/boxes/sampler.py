@@ -23,22 +23,16 @@ def _random_choice(gallery: Tensor, num: int, generator: torch.Generator | None)
 
 
 class RandomSampler:
-    def __init__(
-        self, num: int, pos_fraction: float, neg_pos_ub: int = -1, add_gt_as_proposals: bool = False
-    ) -> None:
+    def __init__(self, num: int, pos_fraction: float, neg_pos_ub: int = -1, add_gt_as_proposals: bool = False) -> None:
         if num <= 0 or not 0.0 <= pos_fraction <= 1.0:
-            raise ValueError(
-                f"RandomSampler: need num > 0 and 0 <= pos_fraction <= 1, got {num}, {pos_fraction}"
-            )
+            raise ValueError(f"RandomSampler: need num > 0 and 0 <= pos_fraction <= 1, got {num}, {pos_fraction}")
         self.num = int(num)
         self.pos_fraction = float(pos_fraction)
         self.neg_pos_ub = neg_pos_ub
         # Kept for config parity; the RoI head adds the gts (after assigning) itself.
         self.add_gt_as_proposals = add_gt_as_proposals
 
-    def sample(
-        self, assign_result: AssignResult, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, assign_result: AssignResult, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(pos_inds, neg_inds): up to int(num * pos_fraction) positives, negatives fill to num."""
         gt_inds = assign_result.gt_inds
         num_expected_pos = int(self.num * self.pos_fraction)

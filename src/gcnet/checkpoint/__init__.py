@@ -8,13 +8,6 @@
   (:func:`load_for_finetuning`: what fits, class-dependent layers afresh, one summary).
 """
 
-from gcnet.checkpoint.remote import (
-    PRETRAINED_URLS,
-    default_cache_dir,
-    download,
-    resolve_url,
-    sha256_prefix_in_name,
-)
 from gcnet.checkpoint.io import (
     CheckpointError,
     atomic_copy,
@@ -32,12 +25,34 @@ from gcnet.checkpoint.load import (
     load_state_dict_checked,
     recorded_class_names,
 )
+from gcnet.checkpoint.remote import (
+    PRETRAINED_URLS,
+    default_cache_dir,
+    download,
+    resolve_url,
+    sha256_prefix_in_name,
+)
 from gcnet.checkpoint.structure import BackboneStructure, backbone_structure
 
 __all__ = [
-    "BackboneStructure", "CheckpointError", "FinetuneReport", "PRETRAINED_URLS", "atomic_copy", "atomic_write",
-    "backbone_structure", "class_dependent_keys", "default_cache_dir", "download", "load_checkpoint",
-    "load_for_finetuning", "load_state_dict_checked",
-    "read_checkpoint", "recorded_class_names",
-    "resolve_url", "safe_torch_load", "save_checkpoint", "sha256_prefix_in_name", "unwrap_model",
+    "BackboneStructure",
+    "CheckpointError",
+    "FinetuneReport",
+    "PRETRAINED_URLS",
+    "atomic_copy",
+    "atomic_write",
+    "backbone_structure",
+    "class_dependent_keys",
+    "default_cache_dir",
+    "download",
+    "load_checkpoint",
+    "load_for_finetuning",
+    "load_state_dict_checked",
+    "read_checkpoint",
+    "recorded_class_names",
+    "resolve_url",
+    "safe_torch_load",
+    "save_checkpoint",
+    "sha256_prefix_in_name",
+    "unwrap_model",
 ]

@@ -20,15 +20,15 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
 from torch.torch_version import TorchVersion
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)")
 
@@ -69,8 +69,9 @@ def _named(obj: Callable[..., Any], full_name: str) -> Any:
     if isinstance(obj, type):
         if _TORCH_TAKES_NAMED_GLOBALS:
             return (obj, full_name)
-        raise TypeError(f"trusted global {full_name!r}: a class under another name needs torch >= 2.6 "
-                        f"(this is {torch.__version__})")
+        raise TypeError(
+            f"trusted global {full_name!r}: a class under another name needs torch >= 2.6 (this is {torch.__version__})"
+        )
 
     def alias(*args: Any, **kwargs: Any) -> Any:
         return obj(*args, **kwargs)
@@ -100,7 +101,7 @@ def _numpy_safe_globals() -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _refused_global(message: str) -> Optional[str]:
+def _refused_global(message: str) -> str | None:
     match = _REFUSED_GLOBAL.search(message)
     return None if match is None else (match.group(1) or match.group(2))
 
@@ -138,9 +139,7 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
     with path.open("rb") as f:
         head = f.read(4)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip archive / legacy pickle
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle; starts with {head!r})"
-        )
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle; starts with {head!r})")
     trusted_named = [_named(*g) if isinstance(g, tuple) else g for g in trusted]
     try:
         with _allow([*_numpy_safe_globals(), *trusted_named]):
@@ -170,7 +169,7 @@ def _first_line(err: BaseException) -> str:
 
 def _clean_key(key: str) -> str:
     """Strip DataParallel's ``module.`` (mmcv's loader does the same)."""
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 _OFFSET_SUFFIX = "conv_offset."
@@ -300,8 +299,8 @@ def _check_plain(obj: Any, where: str) -> None:
 
 def save_checkpoint(
     path: PathLike,
-    model_or_state_dict: Union[nn.Module, Mapping[str, Tensor]],
-    meta: Optional[Mapping[str, Any]] = None,
+    model_or_state_dict: nn.Module | Mapping[str, Tensor],
+    meta: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> Path:
     """Write ``{"state_dict", "meta", **extra}`` atomically (see :func:`atomic_write`).
@@ -315,8 +314,9 @@ def save_checkpoint(
     elif isinstance(model_or_state_dict, Mapping):
         source = model_or_state_dict
     else:
-        raise TypeError(f"save_checkpoint: expected an nn.Module or a state dict, "
-                        f"got {type(model_or_state_dict).__name__}")
+        raise TypeError(
+            f"save_checkpoint: expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
+        )
     state_dict: dict[str, Tensor] = OrderedDict()
     for key, value in source.items():
         if not isinstance(value, Tensor):

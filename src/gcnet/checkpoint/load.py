@@ -10,11 +10,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor, nn
 
-from gcnet.checkpoint.remote import download
 from gcnet.checkpoint.io import (
     CheckpointError,
     PathLike,
@@ -22,6 +21,7 @@ from gcnet.checkpoint.io import (
     unwrap_model,
     upgrade_legacy_dcn_keys,
 )
+from gcnet.checkpoint.remote import download
 from gcnet.checkpoint.structure import check_backbone
 
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -66,8 +66,11 @@ def load_state_dict_checked(
     check_backbone(own, state_dict, source)
     missing = [k for k in own if k not in state_dict and not _is_counter(k)]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if shapes or (strict and (missing or unexpected)):
         raise CheckpointError(
             f"{source}: checkpoint does not match the model"
@@ -79,7 +82,8 @@ def load_state_dict_checked(
     if missing or unexpected:
         warnings.warn(
             f"{source}: loaded non-strictly; {len(missing)} missing and {len(unexpected)} unexpected keys"
-            + _listing("missing", missing, 10) + _listing("unexpected", unexpected, 10),
+            + _listing("missing", missing, 10)
+            + _listing("unexpected", unexpected, 10),
             stacklevel=3,
         )
 
@@ -107,8 +111,9 @@ class FinetuneReport:
         """One line: counts, then the re-initialised, absent and unused layers by module name."""
         parts = [f"{self.source}: loaded {self.loaded} of {self.total} tensors"]
         if self.reinitialised:
-            parts.append(f"re-initialised {len(self.reinitialised)} ({self.classes}): "
-                         f"{_module_names(self.reinitialised)}")
+            parts.append(
+                f"re-initialised {len(self.reinitialised)} ({self.classes}): {_module_names(self.reinitialised)}"
+            )
         else:
             parts.append(f"class layers loaded ({self.classes})")
         if self.absent:
@@ -142,7 +147,7 @@ def load_for_finetuning(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
     source: str,
-    file_classes: Optional[Sequence[str]] = None,
+    file_classes: Sequence[str] | None = None,
 ) -> FinetuneReport:
     """Start ``model`` from another model's weights (e.g. a COCO checkpoint, to train on own classes).
 
@@ -161,17 +166,24 @@ def load_for_finetuning(
     fits = all(k in state_dict and state_dict[k].shape == own[k].shape for k in class_keys)
     if file_classes is not None:
         same = tuple(file_classes) == names
-        classes = (f"the file's {len(file_classes)} classes are this model's" if same else
-                   f"the file's {len(file_classes)} classes differ from this model's {len(names)}")
+        classes = (
+            f"the file's {len(file_classes)} classes are this model's"
+            if same
+            else f"the file's {len(file_classes)} classes differ from this model's {len(names)}"
+        )
     else:
         same = fits
         classes = "the file names no classes; " + ("the class layers fit" if fits else "the class layers do not fit")
     reinit = [] if same else class_keys
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state_dict.items()
-              if k in own and k not in reinit and v.shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and k not in reinit and v.shape != own[k].shape
+    ]
     if shapes:
-        raise CheckpointError(f"{source}: the config builds another network than the file's"
-                              + _listing("shape mismatches", shapes))
+        raise CheckpointError(
+            f"{source}: the config builds another network than the file's" + _listing("shape mismatches", shapes)
+        )
     load = {k: v for k, v in state_dict.items() if k in own and k not in reinit}
     target.load_state_dict(load, strict=False)
     if reinit:

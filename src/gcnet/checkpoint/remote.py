@@ -13,7 +13,6 @@ import os
 import re
 from http.client import HTTPException
 from pathlib import Path
-from typing import Optional
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 
@@ -27,15 +26,14 @@ from gcnet.checkpoint.io import CheckpointError, PathLike
 PRETRAINED_URLS: dict[str, str] = {
     "torchvision://resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
     "torchvision://resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
-    "open-mmlab://resnext101_32x4d":
-        "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth",
+    "open-mmlab://resnext101_32x4d": "https://download.openmmlab.com/pretrain/third_party/resnext101_32x4d-a5af3160.pth",
 }
 _SHA_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
 _GOT_DIGEST = re.compile(r'got "([0-9a-f]+)"')
 _URL_SCHEMES = ("http", "https", "file")
 
 
-def sha256_prefix_in_name(file_name: str) -> Optional[str]:
+def sha256_prefix_in_name(file_name: str) -> str | None:
     """The hex digits closing ``<stem>-<hash>.pth``: the start of the file's sha256, as the
     original's publishing script names files (None when the name carries no hash)."""
     match = _SHA_IN_NAME.search(file_name)
@@ -79,7 +77,7 @@ def _hub_copy(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
-def _download_error(url: str, err: BaseException, expected: Optional[str]) -> CheckpointError:
+def _download_error(url: str, err: BaseException, expected: str | None) -> CheckpointError:
     """One line naming the URL and what went wrong, for each way ``download_url_to_file`` fails."""
     if isinstance(err, HTTPError):
         return CheckpointError(f"download {url}: HTTP error {err.code} {err.reason}")
@@ -90,12 +88,12 @@ def _download_error(url: str, err: BaseException, expected: Optional[str]) -> Ch
     if isinstance(err, RuntimeError) and expected is not None and got is not None:
         return CheckpointError(
             f"download {url}: sha256 mismatch: expected prefix {expected} (from the file name), got "
-            f"{got.group(1)[:len(expected)]}; the corrupt download was removed"
+            f"{got.group(1)[: len(expected)]}; the corrupt download was removed"
         )
     return CheckpointError(f"download {url}: {type(err).__name__}: {err}")
 
 
-def download(url: str, cache_dir: Optional[PathLike] = None, progress: bool = True) -> Path:
+def download(url: str, cache_dir: PathLike | None = None, progress: bool = True) -> Path:
     """The local copy of ``url`` (or of a ``torchvision://``-style name), fetched once and verified.
 
     Looks in ``cache_dir`` (default :func:`default_cache_dir`), then, for hash-named files, in

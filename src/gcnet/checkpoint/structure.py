@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
 
 from torch import Tensor
 
 from gcnet.checkpoint.io import CheckpointError
 
 _DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
-    (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152,
-    (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
+    (True, (3, 4, 6, 3)): 50,
+    (True, (3, 4, 23, 3)): 101,
+    (True, (3, 8, 36, 3)): 152,
+    (False, (2, 2, 2, 2)): 18,
+    (False, (3, 4, 6, 3)): 34,
 }
 _ANCHOR = "layer1.0.conv1.weight"
 
@@ -30,7 +32,7 @@ class BackboneStructure:
     widths: tuple[int, ...]  # conv2 channels of each stage
     groups: int
     dcn: tuple[bool, ...]
-    gc: tuple[Optional[tuple[int, int]], ...]  # (planes, channels) of each stage's GC block
+    gc: tuple[tuple[int, int] | None, ...]  # (planes, channels) of each stage's GC block
 
     def describe(self) -> str:
         """E.g. ``ResNeXt-101 32x4d with DCN in c3,c4,c5 with GC r16 in c3,c4,c5``."""
@@ -53,10 +55,9 @@ class BackboneStructure:
         return "(" + ",".join(map(str, self.blocks)) + " blocks)"
 
 
-def backbone_structure(state_dict: Mapping[str, Tensor]) -> Optional[BackboneStructure]:
+def backbone_structure(state_dict: Mapping[str, Tensor]) -> BackboneStructure | None:
     """Read the backbone's structure from key names and shapes (None if there is no ResNet)."""
-    anchor = next((k for k in state_dict if k.endswith(_ANCHOR)
-                   and k[: -len(_ANCHOR)] in ("", "backbone.")), None)
+    anchor = next((k for k in state_dict if k.endswith(_ANCHOR) and k[: -len(_ANCHOR)] in ("", "backbone.")), None)
     if anchor is None:
         return None
     pre = anchor[: -len(_ANCHOR)]
@@ -75,8 +76,9 @@ def backbone_structure(state_dict: Mapping[str, Tensor]) -> Optional[BackboneStr
             widths.append(int(conv2.shape[0]))
             groups = max(groups, int(conv2.shape[0]) // max(int(conv2.shape[1]), 1))
         stage_pre = f"{pre}layer{stage}."
-        dcn.append(any(k.startswith(stage_pre) and (".conv2.conv_offset." in k or ".conv2_offset." in k)
-                       for k in state_dict))  # the current layout or mmcv's legacy one
+        dcn.append(
+            any(k.startswith(stage_pre) and (".conv2.conv_offset." in k or ".conv2_offset." in k) for k in state_dict)
+        )  # the current layout or mmcv's legacy one
         gc_w = state_dict.get(f"{pre}layer{stage}.0.context_block.channel_add_conv.0.weight")
         gc.append(None if gc_w is None else (int(gc_w.shape[0]), int(gc_w.shape[1])))
     return BackboneStructure(tuple(blocks), bottleneck, tuple(widths), groups, tuple(dcn), tuple(gc))

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -59,10 +60,13 @@ class LoadCounts:
         text = f"{ann_file}: {self.images} training images, {self.annotations} annotations"
         if self.empty_kept:
             text += f" ({self.empty_kept} images without annotations kept as negatives)"
-        dropped = [(self.empty_dropped, "images without annotations (data.filter_empty=False keeps them)"),
-                   (self.small, "images smaller than data.min_size"), (self.degenerate, "degenerate boxes"),
-                   (self.no_polygon, "annotations whose polygons all have fewer than 3 points"),
-                   (self.crowd, "crowd annotations")]
+        dropped = [
+            (self.empty_dropped, "images without annotations (data.filter_empty=False keeps them)"),
+            (self.small, "images smaller than data.min_size"),
+            (self.degenerate, "degenerate boxes"),
+            (self.no_polygon, "annotations whose polygons all have fewer than 3 points"),
+            (self.crowd, "crowd annotations"),
+        ]
         listed = [f"{what}: {n}" for n, what in dropped if n]
         if listed:
             text += "; dropped " + ", ".join(listed)
@@ -98,7 +102,7 @@ def read_coco_json(ann_file: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
@@ -167,7 +171,9 @@ def check_image_files(
         raise DatasetError(f"{folder}: image directory not found (the images of {ann_file})")
     problems = [p for e in entries if (p := _header_problem(folder / e.file_name, e, sizes)) is not None]
     if problems:
-        more = f" (and {len(problems) - 1} more of the {len(entries)} images of {ann_file})" if len(problems) > 1 else ""
+        more = (
+            f" (and {len(problems) - 1} more of the {len(entries)} images of {ann_file})" if len(problems) > 1 else ""
+        )
         raise DatasetError(problems[0] + more)
 
 
@@ -288,8 +294,10 @@ class CocoDetection(Dataset):
             seg = a.get("segmentation")
             if self.train and self.with_masks:  # only training reads the masks
                 if not seg:
-                    raise DatasetError(f"{where}: no 'segmentation'; for box-only data train a box-only "
-                                       "model (--set model.with_mask=False)")
+                    raise DatasetError(
+                        f"{where}: no 'segmentation'; for box-only data train a box-only "
+                        "model (--set model.with_mask=False)"
+                    )
                 if isinstance(seg, list):
                     valid = _valid_polygons(seg)
                     if not valid:
@@ -313,7 +321,7 @@ class CocoDetection(Dataset):
         im = self._images[index]
         return {"id": im.image_id, "file_name": im.file_name, "width": im.width, "height": im.height}
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ImageMeta, Optional[Targets]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, ImageMeta, Targets | None]:
         info = self._images[index]
         path = self.image_dir / info.file_name
         image = torch.from_numpy(load_image(path))
@@ -323,7 +331,8 @@ class CocoDetection(Dataset):
                 f"{path}: decoded size {(h, w)} differs from {self.ann_file} entry "
                 f"image id {info.image_id} size {(info.height, info.width)}"
             )
-        resized, (sw, sh) = resize_keep_ratio(image, self.cfg.scale)
+        resized_image, (sw, sh) = resize_keep_ratio(image, self.cfg.scale)
+        resized = cast(Tensor, resized_image)  # a tensor in, a tensor out
         new_h, new_w = int(resized.shape[0]), int(resized.shape[1])
         flip = self.train and self._flip(index)
         targets = self._targets(index, (new_h, new_w), (sw, sh), flip) if self.train else None
@@ -358,8 +367,10 @@ class CocoDetection(Dataset):
         labels = torch.tensor([a.label for a in anns], dtype=torch.int64)
         masks = None
         if self.with_masks:
-            raster = np.stack([self._raster(a, info, i) for i, a in enumerate(anns)]) if anns else (
-                np.zeros((0, info.height, info.width), dtype=np.uint8)
+            raster = (
+                np.stack([self._raster(a, info, i) for i, a in enumerate(anns)])
+                if anns
+                else (np.zeros((0, info.height, info.width), dtype=np.uint8))
             )
             masks = resize_masks(torch.from_numpy(raster), size)
         if flip:

@@ -7,8 +7,8 @@ own padded extent (its ``pad_shape``, which the RPN loss's valid anchors follow)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +16,7 @@ from torch import Tensor
 from gcnet.data.transforms import padded_size
 from gcnet.structures import Batch, ImageMeta, Targets
 
-Sample = tuple[Tensor, ImageMeta, Optional[Targets]]
+Sample = tuple[Tensor, ImageMeta, Targets | None]
 
 
 def collate(samples: Sequence[Sample], size_divisor: int = 32) -> Batch:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from gcnet.models.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT, check_fields
 
@@ -25,12 +25,21 @@ class DataConfig:
     # Training drops images without annotations (the original's filter_empty_gt); False keeps them
     # as negatives: every anchor and proposal on them is background.
     filter_empty: bool = True
-    train_ann: Optional[str] = None
-    train_images: Optional[str] = None
-    val_ann: Optional[str] = None
-    val_images: Optional[str] = None
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
 
     def __post_init__(self) -> None:
-        check_fields(self, {"scale": AT_LEAST_1, "std": POSITIVE, "size_divisor": AT_LEAST_1, "flip_prob": UNIT,
-                            "images_per_gpu": AT_LEAST_1, "workers_per_gpu": NON_NEGATIVE,
-                            "min_size": NON_NEGATIVE})
+        check_fields(
+            self,
+            {
+                "scale": AT_LEAST_1,
+                "std": POSITIVE,
+                "size_divisor": AT_LEAST_1,
+                "flip_prob": UNIT,
+                "images_per_gpu": AT_LEAST_1,
+                "workers_per_gpu": NON_NEGATIVE,
+                "min_size": NON_NEGATIVE,
+            },
+        )

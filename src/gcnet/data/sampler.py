@@ -4,15 +4,16 @@ evaluation loader that goes on past an image it cannot read."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from gcnet.data.config import DataConfig
 from gcnet.data.collate import collate
+from gcnet.data.config import DataConfig
 from gcnet.data.image_io import DatasetError
 from gcnet.structures import Batch
 
@@ -140,7 +141,7 @@ class SkipUnreadable(Dataset):
             return Skipped(index, str(err))
 
 
-def collate_skipping(samples: Sequence[Any], size_divisor: int = 32) -> tuple[Optional[Batch], list[Skipped]]:
+def collate_skipping(samples: Sequence[Any], size_divisor: int = 32) -> tuple[Batch | None, list[Skipped]]:
     """(the batch of the samples that were read or None, the :class:`Skipped` ones)."""
     skipped = [s for s in samples if isinstance(s, Skipped)]
     kept = [s for s in samples if not isinstance(s, Skipped)]

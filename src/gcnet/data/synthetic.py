@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "ellipse", "star")
 
-SizeSpec = Union[tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]
+SizeSpec = tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
 
 
 def _image_size(rng: np.random.Generator, spec: SizeSpec) -> tuple[int, int]:
@@ -64,10 +64,16 @@ def _colour(rng: np.random.Generator, hue: float | None) -> np.ndarray:
 def _polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Generator) -> list[tuple[float, float]]:
     rot = rng.uniform(0, 2 * math.pi)
     if kind == "square":
-        pts = [(size * 0.36 * math.cos(rot + k * math.pi / 2), size * 0.36 * math.sin(rot + k * math.pi / 2)) for k in range(4)]
+        pts = [
+            (size * 0.36 * math.cos(rot + k * math.pi / 2), size * 0.36 * math.sin(rot + k * math.pi / 2))
+            for k in range(4)
+        ]
         pts = [(p[0] * math.sqrt(2), p[1] * math.sqrt(2)) for p in pts]
     elif kind == "triangle":
-        pts = [(size / 2 * math.cos(rot + k * 2 * math.pi / 3), size / 2 * math.sin(rot + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (size / 2 * math.cos(rot + k * 2 * math.pi / 3), size / 2 * math.sin(rot + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     elif kind == "star":
         pts = []
         for k in range(10):
@@ -77,8 +83,10 @@ def _polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Genera
         a, b = size / 2, size / 2 * rng.uniform(0.4, 0.6)
         n = 48
         pts = [
-            (a * math.cos(t) * math.cos(rot) - b * math.sin(t) * math.sin(rot),
-             a * math.cos(t) * math.sin(rot) + b * math.sin(t) * math.cos(rot))
+            (
+                a * math.cos(t) * math.cos(rot) - b * math.sin(t) * math.sin(rot),
+                a * math.cos(t) * math.sin(rot) + b * math.sin(t) * math.cos(rot),
+            )
             for t in (2 * math.pi * k / n for k in range(n))
         ]
     else:  # circle
@@ -97,8 +105,14 @@ def _shape_mask(kind: str, h: int, w: int, size: float, rng: np.random.Generator
 
 
 def _make_image(
-    rng: np.random.Generator, h: int, w: int, max_objects: int, obj_size: tuple[int, int],
-    min_visible: float, class_colours: bool, classes: tuple[str, ...] = SHAPE_CLASSES,
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    max_objects: int,
+    obj_size: tuple[int, int],
+    min_visible: float,
+    class_colours: bool,
+    classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     img = _background(rng, h, w)
     bg_mean = img.reshape(-1, 3).mean(0)
@@ -132,9 +146,17 @@ def _make_image(
 
 
 def _write_split(
-    root: Path, split: str, num: int, rng: np.random.Generator, params: dict[str, Any],
-    image_size: SizeSpec, max_objects: int, obj_size: tuple[int, int], min_visible: float,
-    class_colours: bool, classes: tuple[str, ...] = SHAPE_CLASSES,
+    root: Path,
+    split: str,
+    num: int,
+    rng: np.random.Generator,
+    params: dict[str, Any],
+    image_size: SizeSpec,
+    max_objects: int,
+    obj_size: tuple[int, int],
+    min_visible: float,
+    class_colours: bool,
+    classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> tuple[str, str]:
     img_dir = root / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -149,11 +171,17 @@ def _write_split(
         for label, mask in objects:
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             bbox = [float(v) for v in mask_utils.toBbox(rle)]
-            anns.append({
-                "id": len(anns) + 1, "image_id": i + 1, "category_id": label + 1,
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask.sum()), "bbox": bbox, "iscrowd": 0,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": label + 1,
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask.sum()),
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
     ann_dir = root / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
     ann_file = ann_dir / f"instances_{split}.json"
@@ -197,9 +225,15 @@ def make_synthetic_coco(
         raise ValueError(f"make_synthetic_coco: object_size must be (min, max) with 4 <= min <= max, got {object_size}")
     root = Path(root)
     params: dict[str, Any] = {
-        "num_train": num_train, "num_val": num_val, "image_size": json.loads(json.dumps(image_size)),
-        "seed": seed, "max_objects": max_objects, "object_size": list(object_size),
-        "min_visible": min_visible, "class_colours": class_colours, "version": 1,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": json.loads(json.dumps(image_size)),
+        "seed": seed,
+        "max_objects": max_objects,
+        "object_size": list(object_size),
+        "min_visible": min_visible,
+        "class_colours": class_colours,
+        "version": 1,
     }
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
     if not classes or unknown:
@@ -209,15 +243,26 @@ def make_synthetic_coco(
     out = {"root": str(root)}
     for split, num, offset in (("train", num_train, 0), ("val", num_val, 1)):
         ann_file, img_dir = root / "annotations" / f"instances_{split}.json", root / split
-        if not overwrite and _same_params(ann_file, params) and all(
-            (img_dir / f"{i:06d}.png").is_file() for i in range(num)
+        if (
+            not overwrite
+            and _same_params(ann_file, params)
+            and all((img_dir / f"{i:06d}.png").is_file() for i in range(num))
         ):
             out[f"{split}_ann"], out[f"{split}_images"] = str(ann_file), str(img_dir)
             continue
         rng = np.random.default_rng([seed, offset])
         out[f"{split}_ann"], out[f"{split}_images"] = _write_split(
-            root, split, num, rng, params, image_size, max_objects, cast("tuple[int, int]", tuple(object_size)),
-            min_visible, class_colours, tuple(classes),
+            root,
+            split,
+            num,
+            rng,
+            params,
+            image_size,
+            max_objects,
+            cast("tuple[int, int]", tuple(object_size)),
+            min_visible,
+            class_colours,
+            tuple(classes),
         )
     return out
 

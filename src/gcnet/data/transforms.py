@@ -24,8 +24,6 @@ Masks use OpenCV's INTER_NEAREST rule: source index ``floor(d * scale)`` clamped
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -33,7 +31,7 @@ from torch import Tensor
 from gcnet.data.config import DataConfig
 from gcnet.structures import ImageMeta, round_up_shape
 
-ArrayLike = Union[np.ndarray, Tensor]
+ArrayLike = np.ndarray | Tensor
 
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
@@ -115,9 +113,7 @@ def resize_to(image: ArrayLike, size: tuple[int, int]) -> ArrayLike:
     return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
 
-def resize_keep_ratio(
-    image: ArrayLike, scale: tuple[int, int] = (1333, 800)
-) -> tuple[ArrayLike, tuple[float, float]]:
+def resize_keep_ratio(image: ArrayLike, scale: tuple[int, int] = (1333, 800)) -> tuple[ArrayLike, tuple[float, float]]:
     """Keep-ratio resize to fit ``scale``; returns the image and (w_scale, h_scale) = new / old."""
     tensor = _as_hwc_tensor(image, "resize_keep_ratio(image)")
     h, w = int(tensor.shape[0]), int(tensor.shape[1])

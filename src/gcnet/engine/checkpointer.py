@@ -16,7 +16,7 @@ import random
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,8 +80,10 @@ class Checkpointer:
 
     def resume_candidates(self) -> list[Path]:
         """The files a resume may start from, newest first: ``latest.pth``, then ``epoch_N.pth`` by N."""
-        epochs = sorted(((int(m.group(1)), f) for f in self.work_dir.glob("epoch_*.pth")
-                         if (m := _EPOCH_FILE.match(f.name))), reverse=True)
+        epochs = sorted(
+            ((int(m.group(1)), f) for f in self.work_dir.glob("epoch_*.pth") if (m := _EPOCH_FILE.match(f.name))),
+            reverse=True,
+        )
         latest = [self.latest] if self.latest.is_file() else []
         return latest + [f for _, f in epochs]
 
@@ -89,7 +91,7 @@ class Checkpointer:
         """Every checkpoint this run would overwrite (its resume candidates and ``best.pth``)."""
         return self.resume_candidates() + ([self.best] if self.best.is_file() else [])
 
-    def newest_readable(self) -> Optional[tuple[Path, dict[str, Any]]]:
+    def newest_readable(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest training checkpoint that reads back whole, skipping (with a warning) any that
         does not; None when there is none at all. Raises when there are some but none is readable,
         so that a resume never silently starts from scratch over earlier work."""
@@ -107,8 +109,10 @@ class Checkpointer:
             for _, problem in skipped:
                 print(f"resume: skipping {problem}", file=sys.stderr)
         if found is None and skipped:
-            raise CheckpointError(f"resume: none of the checkpoints in {self.work_dir} reads back "
-                                  f"({', '.join(p.name for p, _ in skipped)}; why: above); --overwrite starts over")
+            raise CheckpointError(
+                f"resume: none of the checkpoints in {self.work_dir} reads back "
+                f"({', '.join(p.name for p, _ in skipped)}; why: above); --overwrite starts over"
+            )
         return found
 
     def save(
@@ -116,7 +120,7 @@ class Checkpointer:
         model: nn.Module,
         meta: dict[str, Any],
         extra: dict[str, Any],
-        epoch_file: Optional[int] = None,
+        epoch_file: int | None = None,
     ) -> Path:
         """Write ``latest.pth`` (and ``epoch_{epoch_file}.pth``); returns the path written last.
 
@@ -138,7 +142,7 @@ class Checkpointer:
             save_checkpoint(self.best, model, meta)
         return self.best
 
-    def load(self, path: Optional[str | os.PathLike[str]] = None) -> dict[str, Any]:
+    def load(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Read a trainer checkpoint (default ``latest.pth``) onto the CPU, tensors and plain data
         only (``gcnet.checkpoint.safe_torch_load``: a missing or corrupt file raises
         :class:`CheckpointError` naming it, as does a file of weights only)."""
@@ -146,6 +150,8 @@ class Checkpointer:
         ckpt = safe_torch_load(path)
         missing = [k for k in _TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
-            raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); to start "
-                                  f"from a model's weights use --load-from (train.load_from) instead")
+            raise CheckpointError(
+                f"{path}: not a training checkpoint (no {', '.join(missing)}); to start "
+                f"from a model's weights use --load-from (train.load_from) instead"
+            )
         return ckpt

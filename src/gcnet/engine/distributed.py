@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,9 +21,19 @@ from torch.nn.parallel import DistributedDataParallel
 from gcnet.checkpoint.io import unwrap_model as unwrap  # one unwrapper for DDP, DataParallel, compile
 
 __all__ = [
-    "DistContext", "all_gather_object", "all_reduce_max", "all_reduce_mean", "any_process", "barrier",
-    "find_free_port", "get_rank", "get_world_size", "init_distributed", "teardown_distributed",
-    "unwrap", "wrap_ddp",
+    "DistContext",
+    "all_gather_object",
+    "all_reduce_max",
+    "all_reduce_mean",
+    "any_process",
+    "barrier",
+    "find_free_port",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "teardown_distributed",
+    "unwrap",
+    "wrap_ddp",
 ]
 
 
@@ -55,9 +65,7 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
-def init_distributed(
-    device: Optional[torch.device | str] = None, timeout_s: float = 1800.0
-) -> DistContext:
+def init_distributed(device: torch.device | str | None = None, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK variables.
 
     ``device`` None picks ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. A world of one
@@ -124,9 +132,7 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wrap_ddp(
-    model: nn.Module, device: torch.device | str, find_unused_parameters: bool = False
-) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device | str, find_unused_parameters: bool = False) -> nn.Module:
     """DDP-wrap ``model`` when running distributed; the model itself otherwise.
 
     ``find_unused_parameters`` costs a graph walk per step, so it stays off unless a model has
@@ -136,11 +142,11 @@ def wrap_ddp(
     if get_world_size() == 1:
         return model
     device = torch.device(device)
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if (
-        device.type == "cuda"
-    ) else None
+    device_ids = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if (device.type == "cuda") else None
+    )
     # Newer torch renames the flag (forward_sync_buffers); older only has broadcast_buffers.
-    no_buffer_sync = (
+    no_buffer_sync: dict[str, Any] = (
         {"forward_sync_buffers": False}
         if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
         else {"broadcast_buffers": False}

@@ -11,7 +11,6 @@ import os
 import shutil
 from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -30,8 +29,8 @@ def train(
     cfg: Config,
     work_dir: str | os.PathLike[str],
     resume: bool = False,
-    device: Optional[torch.device | str] = None,
-    evaluate_fn: Optional[EvaluateFn] = None,
+    device: torch.device | str | None = None,
+    evaluate_fn: EvaluateFn | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Train ``cfg``'s detector on ``cfg.data.train_ann`` / ``train_images``; returns the final
@@ -48,8 +47,10 @@ def train(
     """
     ann_file, image_dir = cfg.data.train_ann, cfg.data.train_images
     if ann_file is None or image_dir is None:
-        raise ValueError("train: cfg.data.train_ann and cfg.data.train_images must be set "
-                         "(e.g. --set data.train_ann=.../instances_train2017.json)")
+        raise ValueError(
+            "train: cfg.data.train_ann and cfg.data.train_images must be set "
+            "(e.g. --set data.train_ann=.../instances_train2017.json)"
+        )
     checkpointer = Checkpointer(work_dir)
     _check_work_dir(checkpointer, resume, overwrite)
     cfg = with_dataset_classes(cfg)
@@ -65,8 +66,10 @@ def train(
         if ctx.rank == 0:
             print(dataset.counts.line(dataset.ann_file))
         if len(dataset) == 0:
-            raise ValueError(f"train: {cfg.data.train_ann} has no usable training images "
-                             "(images without annotations or smaller than data.min_size are dropped)")
+            raise ValueError(
+                f"train: {cfg.data.train_ann} has no usable training images "
+                "(images without annotations or smaller than data.min_size are dropped)"
+            )
         sampler = GroupedBatchSampler(
             dataset.aspect_ratio_flags,
             cfg.data.images_per_gpu,
@@ -107,9 +110,11 @@ def _check_work_dir(checkpointer: Checkpointer, resume: bool, overwrite: bool) -
     existing = checkpointer.existing()
     if existing and not (resume or overwrite):
         names = ", ".join(p.name for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
-        raise ValueError(f"{checkpointer.work_dir} holds checkpoints of an earlier run ({names}): continue it "
-                         "with --resume (resume=True), or start over with --overwrite (overwrite=True), "
-                         "which deletes them")
+        raise ValueError(
+            f"{checkpointer.work_dir} holds checkpoints of an earlier run ({names}): continue it "
+            "with --resume (resume=True), or start over with --overwrite (overwrite=True), "
+            "which deletes them"
+        )
 
 
 def _start_over(checkpointer: Checkpointer) -> None:
@@ -146,6 +151,8 @@ def with_dataset_classes(cfg: Config) -> Config:
     names = tuple(str(c["name"]) for c in categories)
     if names == cfg.class_names:
         return cfg
-    print(f"training on the {len(names)} categories of {cfg.data.train_ann} instead of the config's "
-          f"{len(cfg.class_names)}")
+    print(
+        f"training on the {len(names)} categories of {cfg.data.train_ann} instead of the config's "
+        f"{len(cfg.class_names)}"
+    )
     return with_class_names(cfg, names)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -41,7 +41,7 @@ class TrainLogger:
         self.log_interval = log_interval
         self.path = Path(work_dir) / LOG_FILE
         self._file = None
-        self._bar: Optional[tqdm] = None
+        self._bar: tqdm | None = None
         self._tb: Any = None
         if not enabled:
             return
@@ -55,8 +55,9 @@ class TrainLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events a killed run wrote after the checkpoint are dropped on reading
-            self._tb = SummaryWriter(log_dir=str(Path(work_dir) / "tb"),
-                                     purge_step=start_iter + 1 if start_iter > 0 else None)
+            self._tb = SummaryWriter(
+                log_dir=str(Path(work_dir) / "tb"), purge_step=start_iter + 1 if start_iter > 0 else None
+            )
         except ImportError:  # tensorboard is optional
             self._tb = None
 

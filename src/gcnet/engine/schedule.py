@@ -39,9 +39,7 @@ def scaled_lr(cfg: TrainConfig, images_per_gpu: int, world_size: int) -> float:
     return cfg.lr * total_batch_size(cfg, images_per_gpu, world_size) / cfg.base_batch_size
 
 
-def lr_at(
-    cfg: TrainConfig, base_lr: float, epoch: int, iter_in_epoch: int, iters_per_epoch: int
-) -> float:
+def lr_at(cfg: TrainConfig, base_lr: float, epoch: int, iter_in_epoch: int, iters_per_epoch: int) -> float:
     """Learning rate of the optimiser step ``iter_in_epoch`` (0-based) of epoch ``epoch`` (0-based).
 
     Step decay: x gamma for every milestone m with ``epoch >= m`` (0.02 for epochs 1-8, 0.002 for

@@ -8,7 +8,7 @@ images per step with statistics over all 8 GPUs (``norm_eval=False``; frozen sta
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.distributed as dist
@@ -30,16 +30,16 @@ class _SyncBNFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
-        weight: Optional[Tensor],
-        bias: Optional[Tensor],
-        running_mean: Optional[Tensor],
-        running_var: Optional[Tensor],
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
         eps: float,
         momentum: float,
-        group: Optional[dist.ProcessGroup],
+        group: dist.ProcessGroup | None,
     ) -> Tensor:
         channels = x.shape[1]
         dims = _reduce_dims(x)
@@ -76,12 +76,12 @@ class _SyncBNFunction(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, invstd = ctx.saved_tensors
         none5 = (None,) * 5
         if ctx.count == 0:
             grad_w = None if weight is None else torch.zeros_like(weight)
-            return (torch.zeros_like(x), grad_w, None if weight is None else grad_w.clone()) + none5
+            return (torch.zeros_like(x), grad_w, None if grad_w is None else grad_w.clone()) + none5
         dims = _reduce_dims(x)
         g = grad_out.float()
         xhat = (x.float() - _channel_view(mean, x)) * _channel_view(invstd, x)
@@ -97,7 +97,7 @@ class _SyncBNFunction(torch.autograd.Function):
             mean_dy = (both[:channels] / ctx.count).float()
             mean_dy_xhat = (both[channels:] / ctx.count).float()
             scale = invstd if weight is None else invstd * weight.float()
-            grad_x = (g - _channel_view(mean_dy, x) - xhat * _channel_view(mean_dy_xhat, x))
+            grad_x = g - _channel_view(mean_dy, x) - xhat * _channel_view(mean_dy_xhat, x)
             grad_x = (grad_x * _channel_view(scale, x)).to(x.dtype)
         return (grad_x, grad_weight, grad_bias) + none5
 
@@ -113,10 +113,10 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        process_group: Optional[dist.ProcessGroup] = None,
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
@@ -136,9 +136,10 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         factor = 0.0 if self.momentum is None else float(self.momentum)
         track = self.track_running_stats and self.running_mean is not None
         if track:
-            self.num_batches_tracked.add_(1)
+            tracked = cast(Tensor, self.num_batches_tracked)  # registered with the running stats
+            tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as BatchNorm does
-                factor = 1.0 / float(self.num_batches_tracked.item())
+                factor = 1.0 / float(tracked.item())
         return _SyncBNFunction.apply(
             x,
             self.weight,
@@ -159,7 +160,7 @@ def _is_live(bn: nn.Module) -> bool:
 def convert_sync_batchnorm(
     module: nn.Module,
     device: torch.device | str,
-    process_group: Optional[dist.ProcessGroup] = None,
+    process_group: dist.ProcessGroup | None = None,
 ) -> nn.Module:
     """Replace every live ``nn.BatchNorm2d`` under ``module`` by a synchronised one, in place.
 
@@ -178,17 +179,11 @@ def convert_sync_batchnorm(
     return module
 
 
-def _convertible(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.BatchNorm2d)
-        and not isinstance(module, SyncBatchNorm2d)
-        and _is_live(module)
-    )
+def _convertible(module: nn.Module) -> TypeGuard[nn.BatchNorm2d]:
+    return isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d) and _is_live(module)
 
 
-def _convert_one(
-    bn: nn.BatchNorm2d, device: torch.device, group: Optional[dist.ProcessGroup]
-) -> nn.Module:
+def _convert_one(bn: nn.BatchNorm2d, device: torch.device, group: dist.ProcessGroup | None) -> nn.Module:
     cls: type[nn.modules.batchnorm._BatchNorm]
     cls = nn.SyncBatchNorm if device.type == "cuda" else SyncBatchNorm2d
     new = cls(

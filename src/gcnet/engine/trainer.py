@@ -24,10 +24,11 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ class TrainingStopped(RuntimeError):
     def __init__(self, signum: int, checkpoint: Path, where: str) -> None:
         self.signum, self.checkpoint = signum, checkpoint
         self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} at {where}; saved {checkpoint}; "
-                         "continue with --resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at {where}; saved {checkpoint}; continue with --resume"
+        )
 
 
 @dataclass
@@ -125,9 +127,12 @@ def coco_metrics(stats: Any) -> dict[str, float]:
     anything else (an evaluate_fn that returns nothing) -> {}."""
     if not isinstance(stats, Mapping):
         return {}
-    return {f"{kind}_{name}": float(value) for kind, values in stats.items()
-            if isinstance(values, Sequence) and len(values) == len(COCO_STAT_NAMES)
-            for name, value in zip(COCO_STAT_NAMES, values)}
+    return {
+        f"{kind}_{name}": float(value)
+        for kind, values in stats.items()
+        if isinstance(values, Sequence) and len(values) == len(COCO_STAT_NAMES)
+        for name, value in zip(COCO_STAT_NAMES, values)
+    }
 
 
 class _SkipFirst(Sampler[list[int]]):
@@ -161,9 +166,9 @@ class Trainer:
         work_dir: str | os.PathLike[str],
         *,
         collate_fn: Callable[[Sequence[Any]], Batch],
-        device: Optional[torch.device | str] = None,
-        evaluate_fn: Optional[EvaluateFn] = None,
-        step_callback: Optional[StepCallback] = None,
+        device: torch.device | str | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        step_callback: StepCallback | None = None,
         num_workers: int = 0,
         progress: bool = True,
     ) -> None:
@@ -198,13 +203,13 @@ class Trainer:
         self.model = wrap_ddp(model, self.device, tc.find_unused_parameters)
         self.checkpointer = Checkpointer(self.work_dir, is_main=self.rank == 0)
         self.state = TrainState()
-        self._signal: Optional[int] = None  # the signal this process received
-        self.stop_signal: Optional[int] = None  # set when a signal (on any process) stopped the run
+        self._signal: int | None = None  # the signal this process received
+        self.stop_signal: int | None = None  # set when a signal (on any process) stopped the run
         self.stopped_early = False  # train.patience ran out
-        self.best: Optional[dict[str, Any]] = None  # {"metric", "value", "epoch"} of best.pth
+        self.best: dict[str, Any] | None = None  # {"metric", "value", "epoch"} of best.pth
         self._evals_since_best = 0
-        self._last_saved: Optional[tuple[Path, TrainState]] = None  # the file and where it was written
-        self.logger: Optional[TrainLogger] = None
+        self._last_saved: tuple[Path, TrainState] | None = None  # the file and where it was written
+        self.logger: TrainLogger | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -216,8 +221,9 @@ class Trainer:
             self.resume()
         total = self.cfg.train.epochs * self.iters_per_epoch
         start = self.state.epoch * self.iters_per_epoch + self.state.iter
-        self.logger = TrainLogger(self.work_dir, total, start, self.cfg.train.log_interval,
-                                  enabled=self.rank == 0, progress=self.progress)
+        self.logger = TrainLogger(
+            self.work_dir, total, start, self.cfg.train.log_interval, enabled=self.rank == 0, progress=self.progress
+        )
         if self._patience_spent():
             self.stopped_early = True
             self.logger.write(self._early_stop_text("before this resume"))
@@ -283,8 +289,15 @@ class Trainer:
             st.iter += 1
             st.global_step += 1
             now = time.perf_counter()
-            record = {"epoch": st.epoch + 1, "iter": st.iter, "global_step": st.global_step,
-                      "lr": lr, **values, "time": now - tick, "data_time": data_done - tick}
+            record = {
+                "epoch": st.epoch + 1,
+                "iter": st.iter,
+                "global_step": st.global_step,
+                "lr": lr,
+                **values,
+                "time": now - tick,
+                "data_time": data_done - tick,
+            }
             if self.device.type == "cuda" and self.logger is not None and self.logger.should_log(st.global_step):
                 record["memory"] = self._window_peak_memory_mb()
             tick = now
@@ -302,8 +315,9 @@ class Trainer:
             batch = batch.to(self.device)
             sync = self.model.no_sync() if ddp and i < n - 1 else nullcontext()  # type: ignore[operator]
             with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     losses = self.model(batch.images, batch.metas, batch.targets)
                 total = sum_losses(losses)
                 values = self._reduce_for_log(total, losses)
@@ -349,8 +363,10 @@ class Trainer:
             return f"no checkpoint was written yet; {hint}"
         path, saved = self._last_saved
         if saved.global_step == self.state.global_step:  # the failing step ran on its very weights
-            return (f"the last checkpoint, {path} ({saved.describe()}), holds the weights that gave this "
-                    f"loss, so resuming from it repeats it; start over with a lower train.lr or a train.grad_clip")
+            return (
+                f"the last checkpoint, {path} ({saved.describe()}), holds the weights that gave this "
+                f"loss, so resuming from it repeats it; start over with a lower train.lr or a train.grad_clip"
+            )
         return f"the last good checkpoint is {path} ({saved.describe()}); {hint}"
 
     def _check_finite(self) -> None:
@@ -457,13 +473,15 @@ class Trainer:
 
     def _early_stop_text(self, when: str) -> str:
         assert self.best is not None
-        return (f"early stop {when}: no better {self.best['metric']} in {self._evals_since_best} evaluations "
-                f"(train.patience); best {self.best['value']:.4f} at epoch {self.best['epoch']}: "
-                f"{self.checkpointer.best}")
+        return (
+            f"early stop {when}: no better {self.best['metric']} in {self._evals_since_best} evaluations "
+            f"(train.patience); best {self.best['value']:.4f} at epoch {self.best['epoch']}: "
+            f"{self.checkpointer.best}"
+        )
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def save(self, epoch_file: Optional[int] = None) -> Path:
+    def save(self, epoch_file: int | None = None) -> Path:
         """Checkpoint the full training state (collective: every rank must call it); refused, with
         :class:`NonFiniteLossError`, when any weight or optimiser state is NaN or inf."""
         self._check_finite()
@@ -486,8 +504,13 @@ class Trainer:
     def _meta(self) -> dict[str, Any]:
         names = getattr(self.module, "class_names", self.cfg.class_names)
         # the whole config travels with the weights: gcnet.build restores it (test pipeline, classes)
-        return {"epoch": self.state.epoch, "iter": self.state.global_step, "class_names": list(names),
-                "config_name": self.cfg.name, "config": config_to_dict(self.cfg)}
+        return {
+            "epoch": self.state.epoch,
+            "iter": self.state.global_step,
+            "class_names": list(names),
+            "config_name": self.cfg.name,
+            "config": config_to_dict(self.cfg),
+        }
 
     def resume(self) -> bool:
         """Restore everything from the newest readable checkpoint (``latest.pth``, else the highest
@@ -512,8 +535,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["grad_scaler"])
         rng = ckpt["rng"]
         if len(rng) != self.world_size:
-            raise ValueError(f"resume: {self.checkpointer.latest} was written by {len(rng)} processes, "
-                             f"this run has {self.world_size}; exact resume needs the same world size")
+            raise ValueError(
+                f"resume: {self.checkpointer.latest} was written by {len(rng)} processes, "
+                f"this run has {self.world_size}; exact resume needs the same world size"
+            )
         restore_rng_state(rng[self.rank])
         self.state = TrainState(int(ckpt["epoch"]), int(ckpt["iter"]), int(ckpt["global_step"]))
         self._last_saved = (path, dataclasses.replace(self.state))
@@ -542,14 +567,17 @@ class Trainer:
             raise KeyboardInterrupt
         self._signal = signum
         if self.rank == 0:  # os.write: no Python-level buffer a signal handler could re-enter
-            os.write(2, f"\n{signal.Signals(signum).name}: saving at the end of this iteration, then stopping"
-                        f"{' (Ctrl-C again aborts without saving)' if signum == signal.SIGINT else ''}\n".encode())
+            os.write(
+                2,
+                f"\n{signal.Signals(signum).name}: saving at the end of this iteration, then stopping"
+                f"{' (Ctrl-C again aborts without saving)' if signum == signal.SIGINT else ''}\n".encode(),
+            )
 
-    def _install_signal_handlers(self) -> Optional[dict[int, Any]]:
+    def _install_signal_handlers(self) -> dict[int, Any] | None:
         if threading.current_thread() is not threading.main_thread():
             return None
         return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _restore_signal_handlers(self, previous: Optional[dict[int, Any]]) -> None:
+    def _restore_signal_handlers(self, previous: dict[int, Any] | None) -> None:
         for signum, handler in (previous or {}).items():
             signal.signal(signum, handler)

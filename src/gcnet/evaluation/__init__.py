@@ -5,6 +5,12 @@ from gcnet.evaluation.results import detections_to_coco, encode_masks, gather_re
 from gcnet.evaluation.runner import evaluate_model
 
 __all__ = [
-    "CocoStats", "detections_to_coco", "encode_masks", "evaluate_coco", "evaluate_model", "faster_available",
-    "format_stats", "gather_results",
+    "CocoStats",
+    "detections_to_coco",
+    "encode_masks",
+    "evaluate_coco",
+    "evaluate_model",
+    "faster_available",
+    "format_stats",
+    "gather_results",
 ]

@@ -19,8 +19,9 @@ import copy
 import io
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -169,14 +170,12 @@ def format_stats(iou_type: str, stats: Sequence[float]) -> str:
     """The 12 stats in pycocotools' ``summarize()`` layout."""
     lines = [f"Evaluate annotation type *{iou_type}*"]
     for (title, abbr, iou, area), max_det, value in zip(_STAT_ROWS, _MAX_DETS, stats):
-        lines.append(
-            f" {title:<18} {abbr} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_det:>3d} ] = {value:0.3f}"
-        )
+        lines.append(f" {title:<18} {abbr} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_det:>3d} ] = {value:0.3f}")
     return "\n".join(lines)
 
 
 def evaluate_coco(
-    ann_file_or_coco: Union[str, os.PathLike[str], dict[str, Any], Any],
+    ann_file_or_coco: str | os.PathLike[str] | dict[str, Any] | Any,
     results: Sequence[dict[str, Any]],
     iou_types: Sequence[str] = ("bbox", "segm"),
     backend: Backend = "auto",

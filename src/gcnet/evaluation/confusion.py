@@ -49,8 +49,9 @@ class Confusion:
         return (*self.class_names, "background")
 
 
-def _greedy(order: Sequence[int], iou: np.ndarray, allowed: np.ndarray, gt_free: np.ndarray,
-            thr: float) -> dict[int, int]:
+def _greedy(
+    order: Sequence[int], iou: np.ndarray, allowed: np.ndarray, gt_free: np.ndarray, thr: float
+) -> dict[int, int]:
     """Detection index -> ground-truth index for detections in ``order``, each taking the free
     ground truth of highest IoU >= ``thr`` among those ``allowed[d]`` permits."""
     matched: dict[int, int] = {}
@@ -63,8 +64,14 @@ def _greedy(order: Sequence[int], iou: np.ndarray, allowed: np.ndarray, gt_free:
     return matched
 
 
-def _match_image(gt: list[dict[str, Any]], dets: list[dict[str, Any]], label: dict[int, int],
-                 iou_thr: float, matrix: np.ndarray, image_id: int) -> ImageErrors:
+def _match_image(
+    gt: list[dict[str, Any]],
+    dets: list[dict[str, Any]],
+    label: dict[int, int],
+    iou_thr: float,
+    matrix: np.ndarray,
+    image_id: int,
+) -> ImageErrors:
     background = matrix.shape[0] - 1
     crowd = [a for a in gt if a.get("iscrowd", 0)]
     gt = [a for a in gt if not a.get("iscrowd", 0)]
@@ -95,12 +102,19 @@ def _match_image(gt: list[dict[str, Any]], dets: list[dict[str, Any]], label: di
         false += 1
     for missed in np.flatnonzero(free):
         matrix[int(gt_labels[missed]), background] += 1
-    return ImageErrors(image_id=image_id, num_gt=len(gt), num_dets=len(dets) - ignored, correct=len(correct),
-                       missed=len(gt) - len(correct), false=false + len(confused))
+    return ImageErrors(
+        image_id=image_id,
+        num_gt=len(gt),
+        num_dets=len(dets) - ignored,
+        correct=len(correct),
+        missed=len(gt) - len(correct),
+        false=false + len(confused),
+    )
 
 
-def _on_crowd(det: dict[str, Any], det_label: int, crowd: list[dict[str, Any]], label: dict[int, int],
-              thr: float) -> bool:
+def _on_crowd(
+    det: dict[str, Any], det_label: int, crowd: list[dict[str, Any]], label: dict[int, int], thr: float
+) -> bool:
     same = [a["bbox"] for a in crowd if label[int(a["category_id"])] == det_label]
     if not same:
         return False
@@ -148,6 +162,5 @@ def format_confusion(conf: Confusion) -> str:
     cell = max(len(str(int(conf.matrix.max(initial=0)))), min(max(len(n) for n in labels), 10)) + 1
     corner = "gt \\ pred"
     head = f"{corner:<{width}}" + "".join(f"{n[: cell - 1]:>{cell}}" for n in labels)
-    rows = [head] + [f"{n:<{width}}" + "".join(f"{int(v):>{cell}}" for v in row)
-                     for n, row in zip(labels, conf.matrix)]
+    rows = [head] + [f"{n:<{width}}" + "".join(f"{int(v):>{cell}}" for v in row) for n, row in zip(labels, conf.matrix)]
     return "\n".join(rows)

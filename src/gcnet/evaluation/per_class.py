@@ -68,15 +68,19 @@ def per_class_ap(arrays: EvalArrays) -> list[ClassAP]:
     rows = []
     for k, (cat_id, name) in enumerate(zip(arrays.cat_ids, arrays.cat_names)):
         all_ious = class_precision(arrays, k)
-        rows.append(ClassAP(
-            category_id=cat_id, name=name, num_gt=arrays.num_gt[k],
-            AP=_mean_valid(all_ious),
-            AP50=_mean_valid(all_ious[_iou_index(arrays, 0.5)]),
-            AP75=_mean_valid(all_ious[_iou_index(arrays, 0.75)]),
-            APs=_mean_valid(class_precision(arrays, k, area="small")),
-            APm=_mean_valid(class_precision(arrays, k, area="medium")),
-            APl=_mean_valid(class_precision(arrays, k, area="large")),
-        ))
+        rows.append(
+            ClassAP(
+                category_id=cat_id,
+                name=name,
+                num_gt=arrays.num_gt[k],
+                AP=_mean_valid(all_ious),
+                AP50=_mean_valid(all_ious[_iou_index(arrays, 0.5)]),
+                AP75=_mean_valid(all_ious[_iou_index(arrays, 0.75)]),
+                APs=_mean_valid(class_precision(arrays, k, area="small")),
+                APm=_mean_valid(class_precision(arrays, k, area="medium")),
+                APl=_mean_valid(class_precision(arrays, k, area="large")),
+            )
+        )
     return rows
 
 

@@ -6,7 +6,8 @@ As the original: label i -> i-th category id in ascending order; bbox as [x1, y1
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from gcnet.structures import Detections
 
-LabelMap = Union[Sequence[int], Mapping[int, int]]
+LabelMap = Sequence[int] | Mapping[int, int]
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -36,9 +37,7 @@ def detections_to_coco(
     """One COCO result dict per detection (``image_id``, ``category_id``, ``bbox`` xywh,
     ``score`` and, when masks exist, ``segmentation``)."""
     if len(detections) != len(image_ids):
-        raise ValueError(
-            f"detections_to_coco: {len(detections)} detections but {len(image_ids)} image_ids"
-        )
+        raise ValueError(f"detections_to_coco: {len(detections)} detections but {len(image_ids)} image_ids")
     results: list[dict[str, Any]] = []
     for det, image_id in zip(detections, image_ids):
         boxes = det.boxes.detach().to("cpu", torch.float64)

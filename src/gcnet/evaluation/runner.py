@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,7 @@ def evaluate_model(
     batch_size: int = 1,
     out: str | Path | None = None,
     progress: bool = True,
-    on_skip: Optional[Warn] = None,
+    on_skip: Warn | None = None,
 ) -> dict[str, list[float]]:
     """COCO bbox + segm AP of ``model`` on a COCO-format set (each rank takes a disjoint, unpadded
     shard when distributed; results gathered and evaluated once, on rank 0, which returns the
@@ -57,8 +57,9 @@ def evaluate_model(
         check_output_file(out)
     warn = on_skip or warn_line
     dataset = CocoDetection(ann_file, image_dir, data_cfg, train=False)
-    loader = build_loader(dataset, data_cfg, train=False, distributed=distributed, batch_size=batch_size,
-                          skip_unreadable=True)
+    loader = build_loader(
+        dataset, data_cfg, train=False, distributed=distributed, batch_size=batch_size, skip_unreadable=True
+    )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -99,8 +100,10 @@ def evaluate_model(
     if skipped:
         gt = _ground_truth_without(ann_file, set(skipped))
         if progress:
-            print(f"evaluated on {len(dataset) - len(skipped)} of {len(dataset)} images "
-                  f"({len(skipped)} could not be read)")
+            print(
+                f"evaluated on {len(dataset) - len(skipped)} of {len(dataset)} images "
+                f"({len(skipped)} could not be read)"
+            )
     iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) or not results else ("bbox",)
     stats = evaluate_coco(gt, results, iou_types=iou_types)  # a CocoStats: its .details feed the per-class AP
     if write_error is not None:

@@ -53,16 +53,12 @@ class ContextBlock(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(fusion_types, str):
-            raise ValueError(
-                f"ContextBlock: fusion_types must be a sequence of names, got the string {fusion_types!r}"
-            )
+            raise ValueError(f"ContextBlock: fusion_types must be a sequence of names, got the string {fusion_types!r}")
         fusion_types = tuple(fusion_types)
         if pooling_type not in POOLING_TYPES:
-            raise ValueError(
-                f"ContextBlock: unknown pooling_type {pooling_type!r}; expected one of {POOLING_TYPES}"
-            )
+            raise ValueError(f"ContextBlock: unknown pooling_type {pooling_type!r}; expected one of {POOLING_TYPES}")
         if not fusion_types:
-            raise ValueError("ContextBlock: fusion_types is empty; give at least one of " f"{FUSION_TYPES}")
+            raise ValueError(f"ContextBlock: fusion_types is empty; give at least one of {FUSION_TYPES}")
         unknown = [f for f in fusion_types if f not in FUSION_TYPES]
         if unknown:
             raise ValueError(f"ContextBlock: unknown fusion type(s) {unknown}; expected names from {FUSION_TYPES}")
@@ -115,9 +111,7 @@ class ContextBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ContextBlock expects [N, {self.in_channels}, H, W] input, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"ContextBlock expects [N, {self.in_channels}, H, W] input, got {tuple(x.shape)}")
         context = self.spatial_pool(x)
         inplace = self.fuse_inplace and not torch.is_grad_enabled()
         out = x

@@ -9,17 +9,16 @@ bilinear sample).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-IntOrPair = Union[int, tuple[int, int]]
+IntOrPair = int | tuple[int, int]
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The active autocast dtype for ``device_type``, or None when autocast is off."""
     if device_type == "cuda" and not hasattr(torch, "get_autocast_dtype"):  # torch < 2.4
         return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
@@ -99,8 +98,13 @@ class DeformConv2dPack(nn.Module):
             out_dtype = autocast if autocast is not None else x.dtype
             with torch.autocast(x.device.type, enabled=False):
                 out = deform_conv2d(
-                    x.float(), offset.float(), self.weight.float(), None,
-                    self.stride, self.padding, self.dilation,
+                    x.float(),
+                    offset.float(),
+                    self.weight.float(),
+                    None,
+                    self.stride,
+                    self.padding,
+                    self.dilation,
                 )
             return out.to(out_dtype)
         return deform_conv2d(

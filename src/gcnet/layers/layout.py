@@ -15,8 +15,10 @@ def to_nchw(x: Tensor) -> Tensor:
     """
     if x.dim() != 4 or x.is_contiguous():
         return x
-    if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last) or (
-        torch.is_grad_enabled() and x.requires_grad
+    if (
+        x.device.type != "cpu"
+        or not x.is_contiguous(memory_format=torch.channels_last)
+        or (torch.is_grad_enabled() and x.requires_grad)
     ):
         return x.contiguous()
     n, c, h, w = x.shape

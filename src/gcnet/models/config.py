@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Union
 
 from gcnet.layers.context_block import FUSION_TYPES
 
@@ -23,16 +24,86 @@ NormType = Literal["bn", "syncbn", "frozen_bn"]
 # The heads' default size (RoIConfig.num_classes = 80) means these names; Config.class_names and the
 # detector default to them. They live with the model settings because the model's defaults mean them.
 COCO_CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
@@ -76,8 +147,8 @@ def config_error(obj: object, field: str, problem: str) -> ConfigError:
 class Bound:
     """A range for a number, or for each number of a tuple (IoUs in [0, 1], counts >= 1)."""
 
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     open_low: bool = False  # low itself excluded
 
     def holds(self, value: float) -> bool:
@@ -106,6 +177,11 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def is_union(origin: Any) -> bool:
+    """Whether ``typing.get_origin`` names a union: ``Optional[X]`` / ``Union`` and ``X | None`` alike."""
+    return origin is Union or origin is types.UnionType
+
+
 def conforms(value: Any, annotation: Any) -> bool:
     """Whether ``value`` is of the annotated type; an int is a float (PEP 484), a bool no int."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -113,7 +189,7 @@ def conforms(value: Any, annotation: Any) -> bool:
         return value is None
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in args)
-    if origin is Union:
+    if is_union(origin):
         return any(conforms(value, a) for a in args)
     if origin is tuple:
         if not isinstance(value, tuple):
@@ -130,8 +206,12 @@ def conforms(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
-_WORDS = {int: ("an int", "ints"), float: ("a float", "floats"), bool: ("a bool", "bools"),
-          str: ("a string", "strings")}
+_WORDS = {
+    int: ("an int", "ints"),
+    float: ("a float", "floats"),
+    bool: ("a bool", "bools"),
+    str: ("a string", "strings"),
+}
 
 
 def type_text(annotation: Any) -> str:
@@ -141,7 +221,7 @@ def type_text(annotation: Any) -> str:
         return "None"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if origin is Union:
+    if is_union(origin):
         words = " or ".join(type_text(a) for a in args if a is not type(None))
         return f"None or {words}" if type(None) in args else words
     if origin is tuple:
@@ -163,7 +243,7 @@ def _plural(annotation: Any) -> str:
     return f"items that are {type_text(annotation)}"
 
 
-def check_fields(obj: object, bounds: Optional[Mapping[str, Bound]] = None, non_empty: tuple[str, ...] = ()) -> None:
+def check_fields(obj: object, bounds: Mapping[str, Bound] | None = None, non_empty: tuple[str, ...] = ()) -> None:
     """Check every field of ``obj`` against its annotation, and the listed ones against a range
     (every item, for tuples) or for being empty; raise the first problem as a ConfigError."""
     cls: type = type(obj)  # as `type`: mypy takes type[object] for unhashable (the cache key)
@@ -203,7 +283,7 @@ class BackboneConfig:
     base_width: int = 64
     base_channels: int = 64
     # GC block after conv3 of every bottleneck of the selected stages (c2..c5); None = no GC.
-    gc_ratio: Optional[float] = None
+    gc_ratio: float | None = None
     gc_stages: tuple[bool, bool, bool, bool] = (False, True, True, True)
     gc_pooling: Literal["att", "avg"] = "att"
     gc_fusions: tuple[str, ...] = ("channel_add",)
@@ -214,7 +294,7 @@ class BackboneConfig:
     frozen_stages: int = 1
     out_indices: tuple[int, ...] = (0, 1, 2, 3)
     # Where ImageNet weights come from when training starts ("torchvision://resnet50", a path, or None).
-    pretrained: Optional[str] = "torchvision://resnet50"
+    pretrained: str | None = "torchvision://resnet50"
     # From scratch (pretrained None): "original" = the original's Kaiming fan_out init, with the last
     # norm of every block at zero when zero_init_residual; "pytorch" = PyTorch's default layer init.
     scratch_init: Literal["original", "pytorch"] = "original"
@@ -223,22 +303,33 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         check_fields(
             self,
-            {"groups": AT_LEAST_1, "base_width": AT_LEAST_1, "base_channels": AT_LEAST_1,
-             "gc_ratio": FRACTION, "frozen_stages": Bound(-1, 4), "out_indices": Bound(0, 3)},
+            {
+                "groups": AT_LEAST_1,
+                "base_width": AT_LEAST_1,
+                "base_channels": AT_LEAST_1,
+                "gc_ratio": FRACTION,
+                "frozen_stages": Bound(-1, 4),
+                "out_indices": Bound(0, 3),
+            },
             non_empty=("gc_fusions", "out_indices"),
         )
         if self.depth not in RESNET_DEPTHS:
             depths = ", ".join(map(str, RESNET_DEPTHS))
             raise config_error(self, "depth", f"expected one of {depths}, got {self.depth}")
         if self.depth in BASIC_BLOCK_DEPTHS and (self.groups, self.base_width) != (1, 64):
-            raise config_error(self, "groups", f"ResNet-{self.depth} is built of BasicBlocks, which take groups=1 "
-                               f"and base_width=64 only, got groups={self.groups}, base_width={self.base_width}")
+            raise config_error(
+                self,
+                "groups",
+                f"ResNet-{self.depth} is built of BasicBlocks, which take groups=1 "
+                f"and base_width=64 only, got groups={self.groups}, base_width={self.base_width}",
+            )
         fusions = self.gc_fusions
         if any(f not in FUSION_TYPES for f in fusions) or len(set(fusions)) != len(fusions):
             raise config_error(self, "gc_fusions", f"expected distinct names from {FUSION_TYPES}, got {fusions!r}")
         if list(self.out_indices) != sorted(set(self.out_indices)):
-            raise config_error(self, "out_indices",
-                               f"expected increasing stage indices, no repeats, got {self.out_indices!r}")
+            raise config_error(
+                self, "out_indices", f"expected increasing stage indices, no repeats, got {self.out_indices!r}"
+            )
 
     @property
     def out_channels(self) -> tuple[int, ...]:
@@ -258,11 +349,17 @@ class FPNConfig:
     num_outs: int = 5
 
     def __post_init__(self) -> None:
-        check_fields(self, {"in_channels": AT_LEAST_1, "out_channels": AT_LEAST_1, "num_outs": AT_LEAST_1},
-                     non_empty=("in_channels",))
+        check_fields(
+            self,
+            {"in_channels": AT_LEAST_1, "out_channels": AT_LEAST_1, "num_outs": AT_LEAST_1},
+            non_empty=("in_channels",),
+        )
         if self.num_outs < len(self.in_channels):
-            raise config_error(self, "num_outs", f"expected at least one level per input ({len(self.in_channels)} "
-                               f"in_channels), got {self.num_outs}")
+            raise config_error(
+                self,
+                "num_outs",
+                f"expected at least one level per input ({len(self.in_channels)} in_channels), got {self.num_outs}",
+            )
 
 
 @dataclass(frozen=True)
@@ -300,12 +397,27 @@ class RPNConfig:
     def __post_init__(self) -> None:
         check_fields(
             self,
-            {"in_channels": AT_LEAST_1, "feat_channels": AT_LEAST_1, "strides": AT_LEAST_1,
-             "scales": POSITIVE, "ratios": POSITIVE, "test_nms_pre": NON_NEGATIVE,
-             "test_max_per_img": AT_LEAST_1, "nms_iou": UNIT, "min_bbox_size": NON_NEGATIVE,
-             "train_nms_pre": NON_NEGATIVE, "train_max_per_img": AT_LEAST_1, "pos_iou": UNIT,
-             "neg_iou": UNIT, "min_pos_iou": UNIT, "num_samples": AT_LEAST_1, "pos_fraction": FRACTION,
-             "smooth_l1_beta": POSITIVE, "loss_cls_weight": NON_NEGATIVE, "loss_bbox_weight": NON_NEGATIVE},
+            {
+                "in_channels": AT_LEAST_1,
+                "feat_channels": AT_LEAST_1,
+                "strides": AT_LEAST_1,
+                "scales": POSITIVE,
+                "ratios": POSITIVE,
+                "test_nms_pre": NON_NEGATIVE,
+                "test_max_per_img": AT_LEAST_1,
+                "nms_iou": UNIT,
+                "min_bbox_size": NON_NEGATIVE,
+                "train_nms_pre": NON_NEGATIVE,
+                "train_max_per_img": AT_LEAST_1,
+                "pos_iou": UNIT,
+                "neg_iou": UNIT,
+                "min_pos_iou": UNIT,
+                "num_samples": AT_LEAST_1,
+                "pos_fraction": FRACTION,
+                "smooth_l1_beta": POSITIVE,
+                "loss_cls_weight": NON_NEGATIVE,
+                "loss_bbox_weight": NON_NEGATIVE,
+            },
             non_empty=("strides", "scales", "ratios"),
         )
         check_iou_order(self)
@@ -328,8 +440,17 @@ class RoIStageConfig:
     smooth_l1_beta: float = 1.0
 
     def __post_init__(self) -> None:
-        check_fields(self, {"target_stds": POSITIVE, "pos_iou": UNIT, "neg_iou": UNIT, "min_pos_iou": UNIT,
-                            "loss_weight": NON_NEGATIVE, "smooth_l1_beta": POSITIVE})
+        check_fields(
+            self,
+            {
+                "target_stds": POSITIVE,
+                "pos_iou": UNIT,
+                "neg_iou": UNIT,
+                "min_pos_iou": UNIT,
+                "loss_weight": NON_NEGATIVE,
+                "smooth_l1_beta": POSITIVE,
+            },
+        )
         check_iou_order(self)
 
 
@@ -338,9 +459,17 @@ def cascade_stages() -> tuple[RoIStageConfig, RoIStageConfig, RoIStageConfig]:
     box-coder stds, loss weights 1/0.5/0.25, class-agnostic regression with SmoothL1 (beta 1)."""
     stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
     return tuple(  # type: ignore[return-value]
-        RoIStageConfig(target_stds=s, reg_class_agnostic=True, pos_iou=iou, neg_iou=iou,
-                       min_pos_iou=iou, match_low_quality=False, loss_weight=w,
-                       loss_bbox="smooth_l1", smooth_l1_beta=1.0)
+        RoIStageConfig(
+            target_stds=s,
+            reg_class_agnostic=True,
+            pos_iou=iou,
+            neg_iou=iou,
+            min_pos_iou=iou,
+            match_low_quality=False,
+            loss_weight=w,
+            loss_bbox="smooth_l1",
+            smooth_l1_beta=1.0,
+        )
         for s, iou, w in zip(stds, (0.5, 0.6, 0.7), (1.0, 0.5, 0.25))
     )
 
@@ -374,16 +503,32 @@ class RoIConfig:
     def __post_init__(self) -> None:
         check_fields(
             self,
-            {"num_classes": AT_LEAST_1, "in_channels": AT_LEAST_1, "featmap_strides": AT_LEAST_1,
-             "finest_scale": AT_LEAST_1, "bbox_roi_size": AT_LEAST_1, "mask_roi_size": AT_LEAST_1,
-             "fc_channels": AT_LEAST_1, "mask_convs": NON_NEGATIVE, "mask_size": AT_LEAST_1,
-             "num_samples": AT_LEAST_1, "pos_fraction": FRACTION, "score_thr": Bound(high=1),
-             "nms_iou": UNIT, "max_per_img": NON_NEGATIVE, "mask_thr": FRACTION},
+            {
+                "num_classes": AT_LEAST_1,
+                "in_channels": AT_LEAST_1,
+                "featmap_strides": AT_LEAST_1,
+                "finest_scale": AT_LEAST_1,
+                "bbox_roi_size": AT_LEAST_1,
+                "mask_roi_size": AT_LEAST_1,
+                "fc_channels": AT_LEAST_1,
+                "mask_convs": NON_NEGATIVE,
+                "mask_size": AT_LEAST_1,
+                "num_samples": AT_LEAST_1,
+                "pos_fraction": FRACTION,
+                "score_thr": Bound(high=1),
+                "nms_iou": UNIT,
+                "max_per_img": NON_NEGATIVE,
+                "mask_thr": FRACTION,
+            },
             non_empty=("featmap_strides", "stages"),
         )
         if self.mask_size != 2 * self.mask_roi_size:
-            raise config_error(self, "mask_size", f"expected 2 * mask_roi_size = {2 * self.mask_roi_size} "
-                               f"(the mask head upsamples its RoIs 2x), got {self.mask_size}")
+            raise config_error(
+                self,
+                "mask_size",
+                f"expected 2 * mask_roi_size = {2 * self.mask_roi_size} "
+                f"(the mask head upsamples its RoIs 2x), got {self.mask_size}",
+            )
 
     @property
     def cascade(self) -> bool:
@@ -407,16 +552,27 @@ class ModelConfig:
         check_fields(self)
         neck, feats = self.neck, self.backbone.out_channels
         if neck.in_channels != feats:
-            raise config_error(self, "neck.in_channels", f"expected {feats}, the channels of the ResNet-"
-                               f"{self.backbone.depth} stages {self.backbone.out_indices} "
-                               f"(base_channels {self.backbone.base_channels}), got {neck.in_channels}")
+            raise config_error(
+                self,
+                "neck.in_channels",
+                f"expected {feats}, the channels of the ResNet-"
+                f"{self.backbone.depth} stages {self.backbone.out_indices} "
+                f"(base_channels {self.backbone.base_channels}), got {neck.in_channels}",
+            )
         for part in ("rpn", "roi"):
             if getattr(self, part).in_channels != neck.out_channels:
-                raise config_error(self, f"{part}.in_channels", f"expected the neck's out_channels "
-                                   f"({neck.out_channels}), got {getattr(self, part).in_channels}")
+                raise config_error(
+                    self,
+                    f"{part}.in_channels",
+                    f"expected the neck's out_channels ({neck.out_channels}), got {getattr(self, part).in_channels}",
+                )
         if len(self.rpn.strides) != neck.num_outs:
-            raise config_error(self, "rpn.strides", f"expected one stride per neck level ({neck.num_outs}), "
-                               f"got {self.rpn.strides}")
+            raise config_error(
+                self, "rpn.strides", f"expected one stride per neck level ({neck.num_outs}), got {self.rpn.strides}"
+            )
         if len(self.roi.featmap_strides) > neck.num_outs:
-            raise config_error(self, "roi.featmap_strides", f"expected at most one stride per neck level "
-                               f"({neck.num_outs}), got {self.roi.featmap_strides}")
+            raise config_error(
+                self,
+                "roi.featmap_strides",
+                f"expected at most one stride per neck level ({neck.num_outs}), got {self.roi.featmap_strides}",
+            )

@@ -6,8 +6,6 @@ mmdetection checkpoint's ``state_dict`` loads with no renaming.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +16,7 @@ from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
 from gcnet.models.rpn import RPNHead, RPNLoss, RPNProposals
 from gcnet.structures import Detections, ImageMeta, Targets
 
-DetectorOutput = Union[dict[str, Tensor], list[Detections]]
+DetectorOutput = dict[str, Tensor] | list[Detections]
 
 
 class TwoStageDetector(nn.Module):
@@ -27,9 +25,7 @@ class TwoStageDetector(nn.Module):
     def __init__(self, cfg: ModelConfig, class_names: tuple[str, ...] = COCO_CLASSES) -> None:
         super().__init__()
         if len(class_names) != cfg.roi.num_classes:
-            raise ValueError(
-                f"{len(class_names)} class names given for a head with {cfg.roi.num_classes} classes"
-            )
+            raise ValueError(f"{len(class_names)} class names given for a head with {cfg.roi.num_classes} classes")
         self.cfg = cfg
         self.class_names = tuple(class_names)
         self.backbone = ResNet(cfg.backbone)

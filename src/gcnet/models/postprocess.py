@@ -30,9 +30,7 @@ def rescale_boxes(boxes: Tensor, scale_factor: tuple[float, float]) -> Tensor:
     return boxes.float() / factor
 
 
-def _sample_window(
-    probs: Tensor, boxes: Tensor, x0: int, y0: int, x1: int, y1: int
-) -> Tensor:
+def _sample_window(probs: Tensor, boxes: Tensor, x0: int, y0: int, x1: int, y1: int) -> Tensor:
     """Bilinear samples [N, y1-y0, x1-x0] of ``probs`` [N, 1, m, m] at pixel centres of the window."""
     n = probs.shape[0]
     device = probs.device

@@ -36,9 +36,9 @@ def number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]], name_columns: int = 1,
-          css_class: str = "") -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], name_columns: int = 1, css_class: str = "") -> str:
     """A table whose first ``name_columns`` columns are left-aligned names."""
+
     def cell(tag: str, i: int, value: Any) -> str:
         cls = ' class="name"' if i < name_columns else ""
         return f"<{tag}{cls}>{esc(value)}</{tag}>"
@@ -67,6 +67,8 @@ def page(title: str, sections: Sequence[tuple[str, str, str]], intro: str = "") 
     """The whole page: title, a table of contents, then each (anchor, title, body) section."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
     body = "\n".join(section(a, t, b) for a, t, b in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n<h1>{esc(title)}</h1>\n{intro}\n<nav>{nav}</nav>\n"
-            f"{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>{esc(title)}</h1>\n{intro}\n<nav>{nav}</nav>\n"
+        f"{body}\n</body></html>\n"
+    )

@@ -123,8 +123,15 @@ def plot_confusion(conf: Confusion, path: Path) -> Path:
         for i in range(n):
             for j in range(n):
                 if conf.matrix[i, j]:
-                    ax.text(j, i, str(int(conf.matrix[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(conf.matrix[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 0.6 else "black",
+                    )
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel("predicted")
@@ -154,8 +161,14 @@ def plot_training(log: TrainingLog, path: Path) -> Path:
         ax = fig.add_subplot(1, len(panels), i + 1)
         if panel == "losses":
             for name, (steps, values) in log.losses.items():
-                ax.plot(steps, values, "o-" if len(steps) <= 30 else "-", markersize=3, label=name,
-                        linewidth=1.6 if name == "loss" else 1.0)
+                ax.plot(
+                    steps,
+                    values,
+                    "o-" if len(steps) <= 30 else "-",
+                    markersize=3,
+                    label=name,
+                    linewidth=1.6 if name == "loss" else 1.0,
+                )
             ax.set_yscale("log")
             ax.set_title("training losses")
             ax.legend(fontsize=6, ncol=2)

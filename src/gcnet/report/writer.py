@@ -26,8 +26,10 @@ from gcnet.report import plots
 from gcnet.report.draw import draw_coco, side_by_side
 from gcnet.report.training import LOG_NAME, TrainingLog, add_val_points, read_training_log
 
-MISSING_MATPLOTLIB = ("The plots (AP per class, precision-recall curves, confusion matrix, training curves) "
-                      "need matplotlib, which is not installed: pip install 'gcnet[report]' and run again.")
+MISSING_MATPLOTLIB = (
+    "The plots (AP per class, precision-recall curves, confusion matrix, training curves) "
+    "need matplotlib, which is not installed: pip install 'gcnet[report]' and run again."
+)
 
 
 def _load_results(results: Sequence[dict[str, Any]] | str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -52,8 +54,9 @@ def _worst(images: Sequence[ImageErrors], key: str, count: int) -> list[ImageErr
     return [e for e in ranked[:count] if getattr(e, key) > 0]
 
 
-def _failure_images(gt: dict[str, Any], results: list[dict[str, Any]], conf: Confusion, image_dir: Path,
-                    out_dir: Path, count: int) -> tuple[str, list[str], list[tuple[int, Path]]]:
+def _failure_images(
+    gt: dict[str, Any], results: list[dict[str, Any]], conf: Confusion, image_dir: Path, out_dir: Path, count: int
+) -> tuple[str, list[str], list[tuple[int, Path]]]:
     """Ground truth | predictions of the worst images: (HTML, problems met, (image id, PNG) of
     each drawing in the page's order)."""
     images = {int(im["id"]): im for im in gt.get("images", [])}
@@ -82,15 +85,20 @@ def _failure_images(gt: dict[str, Any], results: list[dict[str, Any]], conf: Con
                 continue
             dets = det_by_image.get(errors.image_id, [])
             panel = side_by_side(
-                [draw_coco(rgb, gt_by_image.get(errors.image_id, []), names, labels),
-                 draw_coco(rgb, dets, names, labels, show_scores=True)],
-                [f"ground truth ({errors.num_gt})", f"predictions, score >= {conf.score_thr:g} ({len(dets)})"])
+                [
+                    draw_coco(rgb, gt_by_image.get(errors.image_id, []), names, labels),
+                    draw_coco(rgb, dets, names, labels, show_scores=True),
+                ],
+                [f"ground truth ({errors.num_gt})", f"predictions, score >= {conf.score_thr:g} ({len(dets)})"],
+            )
             rel = f"images/{key}_{rank}.png"
             (out_dir / "images").mkdir(parents=True, exist_ok=True)
             panel.save(out_dir / rel)
             drawn.append((errors.image_id, out_dir / rel))
-            caption = (f"{info['file_name']} (id {errors.image_id}): {errors.missed} missed, "
-                       f"{errors.false} false, {errors.correct} correct of {errors.num_gt} ground truth")
+            caption = (
+                f"{info['file_name']} (id {errors.image_id}): {errors.missed} missed, "
+                f"{errors.false} false, {errors.correct} correct of {errors.num_gt} ground truth"
+            )
             parts.append(H.figure(rel, caption))
     return "\n".join(parts), problems, drawn
 
@@ -168,12 +176,25 @@ def write_report(
     write_metrics(stats, out / "metrics.json")
     evaluated = set(next(iter(stats.details.values())).image_ids) if stats.details else None
     if evaluated is not None and len(evaluated) < len(gt.get("images", [])):  # images the evaluation skipped
-        gt = {**gt, "images": [im for im in gt["images"] if int(im["id"]) in evaluated],
-              "annotations": [a for a in gt.get("annotations", []) if int(a["image_id"]) in evaluated]}
+        gt = {
+            **gt,
+            "images": [im for im in gt["images"] if int(im["id"]) in evaluated],
+            "annotations": [a for a in gt.get("annotations", []) if int(a["image_id"]) in evaluated],
+        }
     conf = confusion_matrix(gt, dets, iou_thr=iou_thr, score_thr=score_thr)
-    (out / "confusion.json").write_text(json.dumps({
-        "labels": list(conf.labels()), "rows": "ground truth", "columns": "predicted",
-        "iou_thr": iou_thr, "score_thr": score_thr, "matrix": conf.matrix.tolist()}, indent=2))
+    (out / "confusion.json").write_text(
+        json.dumps(
+            {
+                "labels": list(conf.labels()),
+                "rows": "ground truth",
+                "columns": "predicted",
+                "iou_thr": iou_thr,
+                "score_thr": score_thr,
+                "matrix": conf.matrix.tolist(),
+            },
+            indent=2,
+        )
+    )
     log = read_training_log(train_dir) if train_dir is not None else TrainingLog()
     if not log.val:
         log = add_val_points(log, val_points)
@@ -182,12 +203,14 @@ def write_report(
     figures: dict[str, Path] = {}
     if have_plots:
         details = {t: stats.details[t] for t in stats if t in stats.details}
-        figures["class_ap"] = plots.plot_class_ap({t: per_class_ap(a) for t, a in details.items()},
-                                                  out / "plots" / "class_ap.png")
+        figures["class_ap"] = plots.plot_class_ap(
+            {t: per_class_ap(a) for t, a in details.items()}, out / "plots" / "class_ap.png"
+        )
         figures["pr"] = plots.plot_pr_overall(details, out / "plots" / "pr_all_classes.png")
         for t, arrays in details.items():
-            figures[f"pr_{t}"] = plots.plot_pr_per_class(arrays, out / "plots" / f"pr_{t}_per_class.png",
-                                                         f"{t}: precision-recall per class")
+            figures[f"pr_{t}"] = plots.plot_pr_per_class(
+                arrays, out / "plots" / f"pr_{t}_per_class.png", f"{t}: precision-recall per class"
+            )
         figures["confusion"] = plots.plot_confusion(conf, out / "plots" / "confusion.png")
         if log:
             figures["training"] = plots.plot_training(log, out / "plots" / "training.png")
@@ -198,16 +221,32 @@ def write_report(
     failures, problems, drawn = _failure_images(gt, dets, conf, Path(image_dir), out, num_images)
     missing = [] if have_plots else [H.note(MISSING_MATPLOTLIB)]
     sections = [
-        ("metrics", "COCO metrics", _metrics_section(stats) + "<p>Every number: <a href=\"metrics.json\">"
-         "metrics.json</a> (overall, per size, per class).</p>"),
-        ("per-class", "Per-class AP", "".join(missing) + fig("class_ap", "AP@[.5:.95] of each class")
-         + _per_class_section(stats)),
-        ("pr", "Precision-recall", "".join(missing) + fig("pr", "all classes (mean over classes)")
-         + "".join(fig(f"pr_{t}", f"{t}, each class") for t in stats)),
-        ("confusion", "Confusion matrix", "".join(missing)
-         + f"<p>Boxes at IoU &ge; {iou_thr:g}, detections with score &ge; {score_thr:g}; rows are the ground "
-           "truth, columns the prediction; the background row counts false detections, the background "
-           "column missed objects.</p>" + fig("confusion", "") + _confusion_table(conf)),
+        (
+            "metrics",
+            "COCO metrics",
+            _metrics_section(stats) + '<p>Every number: <a href="metrics.json">'
+            "metrics.json</a> (overall, per size, per class).</p>",
+        ),
+        (
+            "per-class",
+            "Per-class AP",
+            "".join(missing) + fig("class_ap", "AP@[.5:.95] of each class") + _per_class_section(stats),
+        ),
+        (
+            "pr",
+            "Precision-recall",
+            "".join(missing)
+            + fig("pr", "all classes (mean over classes)")
+            + "".join(fig(f"pr_{t}", f"{t}, each class") for t in stats),
+        ),
+        (
+            "confusion",
+            "Confusion matrix",
+            "".join(missing)
+            + f"<p>Boxes at IoU &ge; {iou_thr:g}, detections with score &ge; {score_thr:g}; rows are the ground "
+            "truth, columns the prediction; the background row counts false detections, the background "
+            "column missed objects.</p>" + fig("confusion", "") + _confusion_table(conf),
+        ),
         ("failures", "Where the model fails", failures + "".join(H.note(p) for p in problems)),
     ]
     if log or train_dir is not None:
@@ -217,10 +256,17 @@ def write_report(
         elif not have_plots:
             body = "".join(missing)
         sections.append(("training", "Training curves", body))
-    meta = H.table(["", ""], [
-        ["annotations", str(ann_file)], ["images", f"{str(image_dir)} ({len(gt.get('images', []))})"],
-        ["detections", str(len(dets))], ["evaluator", stats.backend or "-"],
-        ["written", datetime.datetime.now().strftime("%Y-%m-%d %H:%M")]], css_class="meta")
+    meta = H.table(
+        ["", ""],
+        [
+            ["annotations", str(ann_file)],
+            ["images", f"{str(image_dir)} ({len(gt.get('images', []))})"],
+            ["detections", str(len(dets))],
+            ["evaluator", stats.backend or "-"],
+            ["written", datetime.datetime.now().strftime("%Y-%m-%d %H:%M")],
+        ],
+        css_class="meta",
+    )
     (out / "index.html").write_text(H.page(title, sections, meta), encoding="utf-8")
     if have_plots:
         shown = [figures[k] for k in ("class_ap", "pr", "confusion", "training") if k in figures]

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Union
+from typing import Literal
 
 from torch import Tensor, nn
 
 from gcnet.checkpoint.io import CheckpointError, safe_torch_load
 from gcnet.checkpoint.remote import download
 
-Source = Union[str, os.PathLike, Mapping[str, Tensor]]
+Source = str | os.PathLike | Mapping[str, Tensor]
 Layout = Literal["auto", "torchvision", "mmdet"]
 
 _HEAD_PREFIXES = ("fc.",)
@@ -64,9 +64,9 @@ def _normalise(raw: Mapping[str, Tensor], layout: Layout) -> dict[str, Tensor]:
             if wrapper in state and isinstance(state[wrapper], Mapping):
                 state = state[wrapper]  # type: ignore[assignment]
                 break
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
         if any(k.startswith("backbone.") for k in state):
-            state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+            state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
     if not_tensors:
         raise PretrainedLoadError(

@@ -7,7 +7,7 @@ Layout and key names are the original's (mmdet ``ResNet``/``ResNeXt``, style 'py
 
 from __future__ import annotations
 
-from typing import Optional, Union, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -26,14 +26,14 @@ ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 
 def _conv3x3(
     in_channels: int, out_channels: int, stride: int, groups: int, deformable: bool
-) -> Union[nn.Conv2d, DeformConv2dPack]:
+) -> nn.Conv2d | DeformConv2dPack:
     """The block's 3x3 conv; DCN v1 keeps its ``weight`` key, so ImageNet weights still load."""
     if deformable:
         return DeformConv2dPack(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups)
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
-def _context_block(cfg: BackboneConfig, channels: int, enabled: bool) -> Optional[ContextBlock]:
+def _context_block(cfg: BackboneConfig, channels: int, enabled: bool) -> ContextBlock | None:
     if not enabled or cfg.gc_ratio is None:
         return None
     block = ContextBlock(channels, cfg.gc_ratio, cfg.gc_pooling, cfg.gc_fusions)
@@ -57,7 +57,7 @@ class _ResidualBlock(nn.Module):
         inplanes: int,
         planes: int,
         stride: int,
-        downsample: Optional[nn.Sequential],
+        downsample: nn.Sequential | None,
         with_gc: bool,
         with_dcn: bool,
     ) -> None:
@@ -161,9 +161,7 @@ class ResNet(nn.Module):
         for i, num_blocks in enumerate(stage_blocks):
             planes = cfg.base_channels * 2**i
             stride = 1 if i == 0 else 2
-            layer = self._make_layer(
-                block, inplanes, planes, num_blocks, stride, cfg.gc_stages[i], cfg.dcn_stages[i]
-            )
+            layer = self._make_layer(block, inplanes, planes, num_blocks, stride, cfg.gc_stages[i], cfg.dcn_stages[i])
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             stage_channels.append(inplanes)
@@ -240,7 +238,7 @@ class ResNet(nn.Module):
             for param in module.parameters():
                 param.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:

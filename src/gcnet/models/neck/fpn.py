@@ -34,16 +34,12 @@ class FPN(nn.Module):
         if not cfg.in_channels:
             raise ValueError("FPNConfig.in_channels is empty")
         if cfg.num_outs < len(cfg.in_channels):
-            raise ValueError(
-                f"FPNConfig.num_outs={cfg.num_outs} is smaller than the {len(cfg.in_channels)} inputs"
-            )
+            raise ValueError(f"FPNConfig.num_outs={cfg.num_outs} is smaller than the {len(cfg.in_channels)} inputs")
         self.in_channels = tuple(cfg.in_channels)
         self.out_channels = cfg.out_channels
         self.num_outs = cfg.num_outs
         self.lateral_convs = nn.ModuleList(ConvUnit(c, cfg.out_channels, 1) for c in self.in_channels)
-        self.fpn_convs = nn.ModuleList(
-            ConvUnit(cfg.out_channels, cfg.out_channels, 3) for _ in self.in_channels
-        )
+        self.fpn_convs = nn.ModuleList(ConvUnit(cfg.out_channels, cfg.out_channels, 3) for _ in self.in_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -95,9 +95,7 @@ def regress_by_label(
     return coder.decode(boxes, select_deltas(deltas, labels), max_shape=max_shape)
 
 
-def decode_all_classes(
-    coder: DeltaXYWHBBoxCoder, boxes: Tensor, deltas: Tensor, max_shape: tuple[int, int]
-) -> Tensor:
+def decode_all_classes(coder: DeltaXYWHBBoxCoder, boxes: Tensor, deltas: Tensor, max_shape: tuple[int, int]) -> Tensor:
     """Boxes [K, 4] + deltas [K, 4k] -> [K, k, 4] (k = classes, or 1 when class-agnostic)."""
     k = deltas.shape[1] // 4
     repeated = boxes.repeat_interleave(k, dim=0)

@@ -9,7 +9,7 @@ masks are the mean of all mask heads' sigmoid maps (spec 5.2).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

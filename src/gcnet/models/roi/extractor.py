@@ -7,7 +7,7 @@ sampling_ratio=0)``, which is the original's RoIAlign (half-pixel shift, adaptiv
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,9 +75,7 @@ class RoIExtractor(nn.Module):
         if len(feats) < self.num_levels:
             raise ValueError(f"RoIExtractor: need {self.num_levels} feature levels, got {len(feats)}")
         if rois.dim() != 2 or rois.shape[-1] != 5:
-            raise ValueError(
-                f"RoIExtractor: rois must be [K, 5] (batch_idx, x1, y1, x2, y2), got {tuple(rois.shape)}"
-            )
+            raise ValueError(f"RoIExtractor: rois must be [K, 5] (batch_idx, x1, y1, x2, y2), got {tuple(rois.shape)}")
         ref = feats[0]
         size = self.output_size
         out = ref.new_zeros((rois.shape[0], ref.shape[1], size, size))

@@ -42,9 +42,7 @@ def multiclass_nms(
     if boxes.shape[1] == 1:
         boxes = boxes.expand(k, num_classes, 4)
     if boxes.shape != (k, num_classes, 4):
-        raise ValueError(
-            f"multiclass_nms: boxes {tuple(boxes.shape)} do not match scores {tuple(scores.shape)}"
-        )
+        raise ValueError(f"multiclass_nms: boxes {tuple(boxes.shape)} do not match scores {tuple(scores.shape)}")
     flat_boxes = boxes.reshape(-1, 4)
     flat_scores = scores[:, :num_classes].reshape(-1)
     flat_labels = torch.arange(num_classes, device=scores.device).repeat(k)
@@ -90,7 +88,7 @@ def label_mask_probs(
     rois = boxes_to_rois([b for b, _, _ in kept])
     if rois.shape[0] == 0:
         return [rois.new_zeros((0, mask_size, mask_size)) for _ in kept]
-    labels = torch.cat([l for _, _, l in kept])
+    labels = torch.cat([lab for _, _, lab in kept])
     mask_feats = extractor(feats, rois)
     rows = torch.arange(rois.shape[0], device=rois.device)
     probs = torch.stack([torch.sigmoid(head(mask_feats)[rows, labels].float()) for head in heads]).mean(dim=0)
@@ -102,4 +100,4 @@ def detections_of_batch(
 ) -> list[Detections]:
     """``to_detections`` for every image of the batch (``mask_probs`` None: box-only heads)."""
     probs = [None] * len(kept) if mask_probs is None else mask_probs
-    return [to_detections(b, s, l, m, meta, mask_thr) for (b, s, l), m, meta in zip(kept, probs, metas)]
+    return [to_detections(b, s, lab, m, meta, mask_thr) for (b, s, lab), m, meta in zip(kept, probs, metas)]

@@ -6,7 +6,7 @@ Children ``bbox_head`` and ``mask_head`` give the original's keys ``roi_head.bbo
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.targets import bbox_losses, mask_branch_loss, sample_rois, stage_samplers
 from gcnet.structures import Detections, ImageMeta, Targets
 
-RoIHeadOutput = Union[dict[str, Tensor], list[Detections]]
+RoIHeadOutput = dict[str, Tensor] | list[Detections]
 
 
 def check_inputs(
@@ -38,17 +38,13 @@ def check_inputs(
         raise ValueError(f"RoI head: {len(proposals)} proposal sets for {len(metas)} images")
     for i, p in enumerate(proposals):
         if p.dim() != 2 or p.shape[1] not in (4, 5):
-            raise ValueError(
-                f"RoI head: proposals of image {i} must be [K, 4] or [K, 5], got {tuple(p.shape)}"
-            )
+            raise ValueError(f"RoI head: proposals of image {i} must be [K, 4] or [K, 5], got {tuple(p.shape)}")
     if targets is not None:
         if len(targets) != len(metas):
             raise ValueError(f"RoI head: {len(targets)} targets for {len(metas)} images")
         for i, t in enumerate(targets):
             if with_mask and t.masks is None:
-                raise ValueError(
-                    f"RoI head: targets of image {i} have no masks but the head has a mask branch"
-                )
+                raise ValueError(f"RoI head: targets of image {i} have no masks but the head has a mask branch")
 
 
 class StandardRoIHead(nn.Module):

@@ -7,8 +7,9 @@ RoIs are positives first, negatives after.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +85,7 @@ def sample_rois(
         is_gt = torch.cat([torch.ones(num_gts, dtype=torch.bool, device=device), is_gt])
     pos_inds, neg_inds = sampler.sample(result)
     pos_gt_inds = result.gt_inds[pos_inds] - 1
-    labels = torch.cat(
-        [gt_labels[pos_gt_inds], torch.full_like(neg_inds, num_classes)]
-    )
+    labels = torch.cat([gt_labels[pos_gt_inds], torch.full_like(neg_inds, num_classes)])
     return SampledRoIs(
         boxes=torch.cat([candidates[pos_inds], candidates[neg_inds]], dim=0),
         labels=labels,

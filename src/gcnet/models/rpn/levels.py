@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -26,9 +26,7 @@ def level_anchors(
     return sizes, generator.grid_anchors(sizes, device=logits[0].device)
 
 
-def flatten_levels(
-    logits: Sequence[Tensor], deltas: Sequence[Tensor]
-) -> tuple[list[Tensor], list[Tensor]]:
+def flatten_levels(logits: Sequence[Tensor], deltas: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """Per level [N, A, H, W] -> [N, H*W*A] and [N, 4A, H, W] -> [N, H*W*A, 4].
 
     (N, A, H, W) -> (N, H, W, A) puts the flat index at (y*W + x)*A + a, the anchors' order.

@@ -5,7 +5,7 @@ One implementation serves training (train limits), inference and the exported de
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -46,8 +46,12 @@ class RPNProposals:
             nms_pre, max_per_img = cfg.test_nms_pre, cfg.test_max_per_img
         return [
             self.single(
-                [c[i] for c in flat_logits], [r[i] for r in flat_deltas], anchors, meta.img_shape,
-                nms_pre, max_per_img,
+                [c[i] for c in flat_logits],
+                [r[i] for r in flat_deltas],
+                anchors,
+                meta.img_shape,
+                nms_pre,
+                max_per_img,
             )
             for i, meta in enumerate(metas)
         ]
@@ -64,9 +68,7 @@ class RPNProposals:
         """One image: per-level top-k by score, decode clipped to ``img_shape``, drop boxes not
         wider and taller than ``min_bbox_size``, NMS with the levels as groups, keep the best."""
         scores_all, deltas_all, anchors_all, level_all = [], [], [], []
-        for level, (logits, deltas, anchors) in enumerate(
-            zip(logits_per_level, deltas_per_level, anchors_per_level)
-        ):
+        for level, (logits, deltas, anchors) in enumerate(zip(logits_per_level, deltas_per_level, anchors_per_level)):
             scores = logits.float().sigmoid()
             deltas = deltas.float()
             if 0 < nms_pre < scores.shape[0]:
