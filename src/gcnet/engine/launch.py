@@ -55,6 +55,7 @@ def train(
     _check_work_dir(checkpointer, resume, overwrite)
     cfg = with_dataset_classes(cfg)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    finished = False
     ctx = init_distributed(device)
     try:
         if overwrite and ctx.rank == 0:
@@ -97,10 +98,11 @@ def train(
         final = trainer.fit()
         if trainer.stop_signal is not None:
             raise TrainingStopped(trainer.stop_signal, final, trainer.state.describe())
+        finished = True
         return final
     finally:
-        if owns_group:
-            teardown_distributed()
+        if owns_group:  # every rank reaches the barrier only after a normal finish
+            teardown_distributed(barrier=finished)
 
 
 def _check_work_dir(checkpointer: Checkpointer, resume: bool, overwrite: bool) -> None:
