@@ -26,7 +26,9 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
 
+from gcnet.layers import FrozenBatchNorm2d
 from gcnet.layers.layout import to_nchw
 
 __all__ = [
@@ -156,20 +158,7 @@ def use_fast_convs(model: nn.Module) -> int:
 
 def _frozen_bn_types() -> tuple[type[nn.Module], ...]:
     """Norm classes with fixed statistics that can be folded (ours and torchvision's)."""
-    types: list[type[nn.Module]] = [nn.BatchNorm2d]
-    try:
-        from gcnet.layers import FrozenBatchNorm2d
-
-        types.append(FrozenBatchNorm2d)
-    except ImportError:
-        pass
-    try:
-        from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozen
-
-        types.append(TVFrozen)
-    except ImportError:
-        pass
-    return tuple(types)
+    return (nn.BatchNorm2d, FrozenBatchNorm2d, TorchvisionFrozenBatchNorm2d)
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
