@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from gcnet import bench
 from gcnet.config import Config, DataConfig
+from gcnet.masks import BoxMasks
 from gcnet.structures import Detections, ImageMeta
 
 torch.set_num_threads(1)
@@ -43,7 +44,7 @@ class StandInDetector(nn.Module):
                     boxes=torch.zeros(n, 4),
                     scores=torch.full((n,), float(feat.mean())),
                     labels=torch.zeros(n, dtype=torch.long),
-                    masks=torch.zeros(n, h, w, dtype=torch.bool),
+                    masks=BoxMasks(torch.zeros(n, 28, 28), torch.zeros(n, 4), (h, w)),
                 )
             )
         return out

@@ -13,6 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from gcnet.engine import teardown_distributed
 from gcnet.evaluation import detections_to_coco, evaluate_coco, faster_available, gather_results
+from gcnet.masks import BoxMasks
 from gcnet.structures import Detections
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -136,14 +137,17 @@ def test_perfect_detections_score_one():
 
 
 def test_detections_to_coco_conversion():
+    # a 3x3 map of ones in a 3x3 px box: each pixel centre samples one cell, so the mask is the box
     mask = torch.zeros(2, 5, 6, dtype=torch.bool)
-    mask[0, 1:3, 2:5] = True
+    mask[0, 1:4, 2:5] = True
+    probs = torch.stack([torch.ones(3, 3), torch.zeros(3, 3)])
     det = Detections(
         boxes=torch.tensor([[1.0, 2.0, 4.5, 6.0], [0.0, 0.0, 1.0, 1.0]]),
         scores=torch.tensor([0.9, 0.5]),
         labels=torch.tensor([1, 0]),
-        masks=mask,
+        masks=BoxMasks(probs, torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 1.0, 1.0]]), (5, 6)),
     )
+    assert torch.equal(det.masks.full(), mask)
     res = detections_to_coco(
         [det, Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))], [42, 43], [3, 8]
     )

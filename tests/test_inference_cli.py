@@ -50,7 +50,7 @@ def test_predict_accepts_paths_pil_and_arrays_and_batches_like_singles(demo_mode
     for one, many, path in zip(singles, batched, paths):
         h, w = Image.open(path).size[::-1]
         assert one.masks is not None and one.masks.shape[1:] == (h, w)
-        assert one.masks.dtype == torch.bool
+        assert one.masks.full().dtype == torch.bool
         torch.testing.assert_close(one.boxes, many.boxes, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(one.scores, many.scores, rtol=1e-4, atol=1e-5)
         assert torch.equal(one.labels, many.labels)

@@ -19,6 +19,7 @@ CORE = {
     "layers",
     "boxes",
     "structures",
+    "masks",
     "models",
     "data",
     "checkpoint",

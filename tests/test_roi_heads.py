@@ -133,8 +133,8 @@ def test_predict_matches_independent_formulation() -> None:
         resized = torch.stack([b for _, _, b in want])
         logits = head.mask_head(head.mask_roi_extractor(feats, boxes_to_rois([resized])))
         probs = torch.sigmoid(logits[torch.arange(10), det.labels])
-    assert det.masks.shape == (10, 128, 128) and det.masks.dtype == torch.bool
-    assert torch.equal(det.masks, paste_masks(probs, want_boxes, (128, 128)))
+    assert det.masks.shape == (10, 128, 128) and det.masks.full().dtype == torch.bool
+    assert torch.equal(det.masks.full(), paste_masks(probs, want_boxes, (128, 128)))
 
 
 def test_no_detections_gives_empty_tensors_of_the_right_shape() -> None:
@@ -144,7 +144,7 @@ def test_no_detections_gives_empty_tensors_of_the_right_shape() -> None:
         det = head(make_feats(2), [random_proposals(5, 1), torch.zeros(0, 5)], [META, META])
     for d in det:
         assert d.boxes.shape == (0, 4) and d.scores.shape == (0,) and d.labels.shape == (0,)
-        assert d.masks.shape == (0, 128, 128) and d.masks.dtype == torch.bool
+        assert d.masks.shape == (0, 128, 128) and d.masks.full().dtype == torch.bool
         assert d.labels.dtype == torch.int64
     boxes_only = StandardRoIHead(tiny_cfg(), with_mask=False).eval()
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_batch_of_two_equals_each_image_alone() -> None:
             assert torch.equal(both[i].labels, alone.labels)
             torch.testing.assert_close(both[i].boxes, alone.boxes)
             torch.testing.assert_close(both[i].scores, alone.scores)
-            assert torch.equal(both[i].masks, alone.masks)
+            assert torch.equal(both[i].masks.full(), alone.masks.full())
     assert both[1].masks.shape[1:] == (90, 75)
     assert both[1].boxes[:, 0::2].max() <= 75 + 1e-3 and both[1].boxes[:, 1::2].max() <= 90 + 1e-3
 

@@ -2,7 +2,9 @@
 
 Inference (the original's ``tools/analysis_tools/benchmark.py``): batch 1, the test pipeline's image
 size, the first ``warmup`` iterations excluded, the device synchronised around each timed call,
-forward + post-processing (mask pasting into the original image size) inside the timer, data loading
+forward + post-processing (mask pasting into the original image size: the detector returns compact
+``BoxMasks``, and the timed step pastes them with ``masks.full()`` as the torchvision peer returns
+full-image masks) inside the timer, data loading
 and pre-processing outside it. fps = timed images / total timed seconds.
 Memory (the original's "Mem (GB)"): ``torch.cuda.max_memory_allocated`` during training at 2 images
 per device. On CPU there is no allocator counter, so we report the growth of the process's resident
@@ -40,7 +42,7 @@ from gcnet.speed import (  # noqa: F401 (re-exported: the measurement primitives
     prepare_for_inference,
     sync,
 )
-from gcnet.structures import ImageMeta, Targets
+from gcnet.structures import Detections, ImageMeta, Targets
 from gcnet.zoo import ZOO
 
 DType = Literal["fp32", "bf16", "fp16"]
@@ -153,6 +155,15 @@ def _maybe_compile(model: nn.Module, compile: bool | CompileScope) -> nn.Module:
     return compile_detector(model, "full" if compile is True else compile)
 
 
+def _pasted(out: Any) -> Any:
+    """``out`` after pasting each image's compact masks to bool [N, H, W] (``BoxMasks.full``), the
+    work the torchvision peer's full-image masks include, so both timers measure the same steps."""
+    for det in out:
+        if isinstance(det, Detections) and det.masks is not None:
+            det.masks.full()
+    return out
+
+
 def benchmark_inference(
     model: nn.Module,
     image_size: ImageSource = DEFAULT_IMAGE_SIZE,
@@ -181,7 +192,7 @@ def benchmark_inference(
     def step(i: int) -> Any:
         images, metas = batches[i % len(batches)]
         with torch.inference_mode(), autocast_context(device, dtype):
-            return runner(images, metas)
+            return _pasted(runner(images, metas))
 
     times, counts, meter = _timed_loop(step, device, warmup, iters, keep=lambda out: [len(d) for d in out])
     dets = [n for per_image in counts for n in per_image]

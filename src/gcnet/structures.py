@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from gcnet.masks import BoxMasks
+
 DEFAULT_SIZE_DIVISOR = 32
 
 
@@ -79,12 +81,13 @@ class Targets:
 @dataclass
 class Detections:
     """Detections of one image: ``boxes`` float [N, 4] xyxy, ``scores`` [N], ``labels`` int64 [N]
-    (0-based), ``masks`` bool [N, H, W] (or None for box-only output)."""
+    (0-based), ``masks`` compact :class:`~gcnet.masks.BoxMasks` in the original image (or None for
+    box-only output): ``masks.full()`` is the bool [N, H, W] array, ``masks.rle()`` COCO RLEs."""
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
-    masks: Tensor | None = None
+    masks: BoxMasks | None = None
     class_names: tuple[str, ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:

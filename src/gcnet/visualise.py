@@ -30,13 +30,16 @@ def draw_detections(
     canvas = image.astype(np.float32).copy()
     keep = (detections.scores >= score_thr).nonzero().flatten().tolist()
     names = detections.label_names
-    if detections.masks is not None:
-        for i in keep:
-            mask = detections.masks[i].cpu().numpy().astype(bool)
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"mask {i} has shape {mask.shape}, image is {image.shape[:2]}")
+    masks = detections.masks
+    if masks is not None:
+        if masks.image_shape != image.shape[:2]:
+            raise ValueError(f"masks are for a {masks.image_shape} image, the image is {image.shape[:2]}")
+        for i in keep:  # each mask pasted in its box's window only
+            x0, y0, window = masks.window(i)
+            inside = window.cpu().numpy()
+            region = canvas[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]]
             tint = np.array(class_colour(int(detections.labels[i])), dtype=np.float32)
-            canvas[mask] = canvas[mask] * (1.0 - mask_alpha) + tint * mask_alpha
+            region[inside] = region[inside] * (1.0 - mask_alpha) + tint * mask_alpha
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()

@@ -1,7 +1,8 @@
 """Detections -> COCO result dicts, and gathering them from several processes.
 
 As the original: label i -> i-th category id in ascending order; bbox as [x1, y1, x2-x1, y2-y1]
-(no +1); masks RLE-encoded from Fortran-order uint8 with ``counts`` decoded to str.
+(no +1); masks as COCO compressed RLE with ``counts`` decoded to str (``BoxMasks.rle``, built from each
+mask's box window, never a full-image array).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def detections_to_coco(
         boxes = det.boxes.detach().to("cpu", torch.float64)
         scores = det.scores.detach().to("cpu", torch.float64).tolist()
         labels = det.labels.detach().to("cpu").tolist()
-        rles = encode_masks(det.masks) if det.masks is not None else None
+        rles = det.masks.rle() if det.masks is not None else None
         for k in range(len(labels)):
             try:
                 cat_id = int(label_to_cat_id[int(labels[k])])

@@ -2,7 +2,8 @@
 
 Per image: softmax scores and decoded, clipped boxes (resized-image coordinates) ->
 ``multiclass_nms`` (score > thr, class-wise NMS, top k) -> mask head on the kept boxes in resized
-coordinates -> boxes divided by the scale factor -> masks pasted into ``ori_shape``. mmdet 2.x
+coordinates -> boxes divided by the scale factor -> masks kept as ``BoxMasks`` in ``ori_shape``
+(pasted on demand). mmdet 2.x
 instead rescaled before NMS; the two agree up to float rounding (spec section 6.3).
 """
 
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from gcnet.boxes import batched_nms
-from gcnet.models.postprocess import paste_masks, rescale_boxes
+from gcnet.masks import BoxMasks
+from gcnet.models.postprocess import rescale_boxes
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
 from gcnet.structures import Detections, ImageMeta
 
@@ -66,12 +68,13 @@ def to_detections(
 ) -> Detections:
     """Resized-image results of one image -> ``Detections`` in the original image.
 
-    ``mask_probs`` [n, 28, 28] are the label channel's probabilities (None: no masks).
+    ``mask_probs`` [n, 28, 28] are the label channel's probabilities (None: no masks); they stay
+    compact in a ``BoxMasks`` that pastes into ``ori_shape`` when asked.
     """
     ori_boxes = rescale_boxes(boxes, meta.scale_factor)
     masks = None
     if mask_probs is not None:
-        masks = paste_masks(mask_probs, ori_boxes, meta.ori_shape, mask_thr)
+        masks = BoxMasks(mask_probs, ori_boxes, meta.ori_shape, mask_thr)
     return Detections(boxes=ori_boxes, scores=scores.float(), labels=labels.long(), masks=masks)
 
 
