@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from gcnet.data.config import DataConfig
 from gcnet.data.image_io import to_opencv_rgb
 from gcnet.errors import UserError, Warn, warn_line
 from gcnet.evaluation import detections_to_coco
-from gcnet.models.config import COCO_CLASSES
 from gcnet.paths import check_output_dir, naming, write_json
-from gcnet.structures import Detections
+from gcnet.structures import COCO_CATEGORY_IDS, Detections  # noqa: F401 (re-exported)
+from gcnet.structures import category_ids_for as category_ids
 from gcnet.visualise import save_visualisation
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -132,18 +131,6 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
     return [f"{s}.png" if uses[s] == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
 
 
-# COCO's ids of its 80 classes (COCO_CLASSES order): the 91-id list of the 2014 paper, less 11 unused
-COCO_CATEGORY_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
-
-
-def category_ids(class_names: Sequence[str]) -> list[int]:
-    """The category id of each class: COCO's own ids for the 80 COCO classes (the zoo models; they
-    are not 1..80), 1..N in class order for any other class list."""
-    if tuple(class_names) == COCO_CLASSES:
-        return list(COCO_CATEGORY_IDS)
-    return list(range(1, len(class_names) + 1))
-
-
 @dataclass(frozen=True)
 class PredictOutput:
     """What :func:`predict_to_dir` wrote: the COCO results json, the COCO images/categories json it
@@ -156,11 +143,7 @@ class PredictOutput:
 
 
 def _confident(det: Detections, score_thr: float) -> Detections:
-    keep = det.scores >= score_thr
-    masks = None if det.masks is None else det.masks[keep]
-    return dataclasses.replace(
-        det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep], masks=masks
-    )
+    return det.filter(score_thr)
 
 
 def predict_to_dir(

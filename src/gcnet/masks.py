@@ -122,6 +122,19 @@ def paste_masks(
     return out
 
 
+def row_index(index: Tensor | slice | Sequence[int] | int, n: int, device: torch.device, who: str) -> Tensor | slice:
+    """``index`` of rows 0..n-1 as a slice or a bool / int64 tensor on ``device``; an int becomes a
+    length-1 slice, so subsets keep their dimension (detectron2's ``Instances`` convention)."""
+    if isinstance(index, int):
+        if not -n <= index < n:
+            raise IndexError(f"{who}: index {index} out of range for {n} rows")
+        return slice(index % n, index % n + 1)
+    if isinstance(index, slice):
+        return index
+    rows = torch.as_tensor(index, device=device)
+    return rows if rows.dtype == torch.bool else rows.long()
+
+
 def _rle_counts(x0: int, y0: int, window: np.ndarray, height: int, width: int) -> list[int]:
     """Uncompressed COCO RLE counts (column-major runs, zeros first) of an (H, W) mask that is
     ``window`` [h, w] at (x0, y0) and False elsewhere, computed from the window alone."""
@@ -177,6 +190,11 @@ class BoxMasks:
     def __len__(self) -> int:
         return int(self.probs.shape[0])
 
+    def __repr__(self) -> str:  # the maps themselves would fill a screen
+        m = self.probs.shape[-1]
+        h, w = self.image_shape
+        return f"BoxMasks({len(self)} maps of {m}x{m} in a {h}x{w} image, threshold={self.threshold})"
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """(N, H, W) of :meth:`full`, without pasting."""
@@ -188,15 +206,7 @@ class BoxMasks:
 
     def __getitem__(self, index: Tensor | slice | Sequence[int] | int) -> BoxMasks:
         """The masks at ``index`` (an int keeps a length-1 BoxMasks, as detectron2's ``Instances``)."""
-        if isinstance(index, int):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"BoxMasks: index {index} out of range for {n} masks")
-            index = slice(index % n, index % n + 1)
-        elif not isinstance(index, slice):
-            index = torch.as_tensor(index, device=self.probs.device)
-            if index.dtype != torch.bool:
-                index = index.long()
+        index = row_index(index, len(self), self.probs.device, "BoxMasks")
         box_index = index.to(self.boxes.device) if isinstance(index, Tensor) else index
         return BoxMasks(self.probs[index], self.boxes[box_index], self.image_shape, self.threshold)
 

@@ -5,14 +5,34 @@ Plain tensors inside, so they are easy to move between devices, compile and expo
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from gcnet.masks import BoxMasks
+from gcnet.masks import BoxMasks, row_index
+from gcnet.models.config import COCO_CLASSES
+from gcnet.visualise import draw_detections
 
 DEFAULT_SIZE_DIVISOR = 32
+
+# COCO's ids of its 80 classes (COCO_CLASSES order): the 91-id list of the 2014 paper, less 11 unused
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+
+LabelMap = Sequence[int] | Mapping[int, int]  # 0-based label -> COCO category id
+
+
+def category_ids_for(class_names: Sequence[str]) -> list[int]:
+    """The category id of each class: COCO's own ids for the 80 COCO classes (the zoo models; they
+    are not 1..80), 1..N in class order for any other class list."""
+    if tuple(class_names) == COCO_CLASSES:
+        return list(COCO_CATEGORY_IDS)
+    return list(range(1, len(class_names) + 1))
 
 
 def round_up_shape(shape: tuple[int, int], divisor: int) -> tuple[int, int]:
@@ -78,20 +98,126 @@ class Targets:
         )
 
 
+Index = Tensor | slice | Sequence[int] | int
+
+
 @dataclass
 class Detections:
     """Detections of one image: ``boxes`` float [N, 4] xyxy, ``scores`` [N], ``labels`` int64 [N]
     (0-based), ``masks`` compact :class:`~gcnet.masks.BoxMasks` in the original image (or None for
-    box-only output): ``masks.full()`` is the bool [N, H, W] array, ``masks.rle()`` COCO RLEs."""
+    box-only output): ``masks.full()`` is the bool [N, H, W] array, ``masks.rle()`` COCO RLEs.
+
+    ``image`` (uint8 HxWx3 RGB) or ``path`` (its file) is what :meth:`plot` draws on when given no
+    image; :func:`gcnet.predict` sets one of them.
+    """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     masks: BoxMasks | None = None
     class_names: tuple[str, ...] = field(default=(), repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+    path: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+    def __getitem__(self, index: Index) -> Detections:
+        """The detections at ``index`` (bool mask, int indices, slice; an int keeps a length-1
+        Detections, as detectron2's ``Instances``); masks follow, names and image stay."""
+        index = row_index(index, len(self), self.boxes.device, "Detections")
+        return replace(
+            self,
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            labels=self.labels[index],
+            masks=None if self.masks is None else self.masks[index],
+        )
+
+    def filter(self, score_thr: float | None = None, labels: Sequence[int] | None = None) -> Detections:
+        """The detections scoring >= ``score_thr`` (None: any) whose label is in ``labels`` (None: any)."""
+        keep = torch.ones(len(self), dtype=torch.bool, device=self.scores.device)
+        if score_thr is not None:
+            keep &= self.scores >= score_thr
+        if labels is not None:
+            wanted = torch.as_tensor(list(labels), dtype=self.labels.dtype, device=self.labels.device)
+            keep &= torch.isin(self.labels, wanted)
+        return self[keep]
+
+    def numpy(self, masks: bool = False) -> dict[str, np.ndarray]:
+        """``boxes`` float32 [N, 4], ``scores`` float32 [N], ``labels`` int64 [N] and, with
+        ``masks=True``, ``masks`` bool [N, H, W]: that one costs N*H*W bytes (100 masks of an
+        8000x6000 photo are 4.8 GB); prefer ``self.masks.rle()`` or ``self.masks.window(i)``."""
+        out = {
+            "boxes": self.boxes.detach().cpu().float().numpy(),
+            "scores": self.scores.detach().cpu().float().numpy(),
+            "labels": self.labels.detach().cpu().long().numpy(),
+        }
+        if masks:
+            if self.masks is None:
+                raise ValueError("Detections.numpy: masks=True but these detections have no masks")
+            out["masks"] = self.masks.full().cpu().numpy()
+        return out
+
+    def to_coco(self, image_id: int, category_ids: LabelMap | None = None) -> list[dict[str, Any]]:
+        """COCO results records, one per detection: ``image_id``, ``category_id``, ``bbox`` xywh
+        (no +1, as the original), ``score`` and, with masks, ``segmentation`` (compressed RLE, str
+        counts, from each box window). ``category_ids[label]`` maps 0-based labels (a sequence or a
+        mapping); None: the COCO ids for the 80 COCO classes, else 1..N in class order (label + 1
+        when there are no class names)."""
+        if category_ids is None:
+            category_ids = category_ids_for(self.class_names) if self.class_names else None
+        boxes = self.boxes.detach().to("cpu", torch.float64).tolist()
+        scores = self.scores.detach().to("cpu", torch.float64).tolist()
+        labels = [int(v) for v in self.labels.detach().cpu()]
+        rles = self.masks.rle() if self.masks is not None else None
+        records: list[dict[str, Any]] = []
+        for k, (label, (x1, y1, x2, y2)) in enumerate(zip(labels, boxes)):
+            try:
+                cat_id = label + 1 if category_ids is None else int(category_ids[label])
+            except (IndexError, KeyError):
+                raise ValueError(f"Detections.to_coco: label {label} has no category id") from None
+            item: dict[str, Any] = {
+                "image_id": int(image_id),
+                "category_id": cat_id,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(scores[k]),
+            }
+            if rles is not None:
+                item["segmentation"] = rles[k]
+            records.append(item)
+        return records
+
+    def plot(self, image: np.ndarray | None = None, score_thr: float = 0.0, mask_alpha: float = 0.45) -> np.ndarray:
+        """The drawing (uint8 HxWx3 RGB): masks, boxes, names and scores of the detections scoring
+        >= ``score_thr``, on ``image``, else ``self.image``, else ``self.path`` decoded."""
+        return np.array(draw_detections(self._canvas(image), self, score_thr, mask_alpha))  # writable
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        image: np.ndarray | None = None,
+        score_thr: float = 0.0,
+        mask_alpha: float = 0.45,
+    ) -> Path:
+        """Write :meth:`plot`'s drawing to ``path`` (format from its suffix); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_detections(self._canvas(image), self, score_thr, mask_alpha).save(path)
+        return path
+
+    def _canvas(self, image: np.ndarray | None) -> np.ndarray:
+        if image is not None:
+            return image
+        if self.image is not None:
+            return self.image
+        if self.path is not None:
+            # gcnet.data's package __init__ imports this module (ImageMeta, Targets): importing its
+            # decoder at this module's top would run that __init__ half-way through this one.
+            from gcnet.data.image_io import load_image
+
+            return load_image(self.path)
+        raise ValueError("Detections.plot: no image to draw on (pass image=, or set .image or .path)")
 
     def to(self, device: torch.device | str) -> Detections:
         return replace(

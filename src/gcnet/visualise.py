@@ -1,14 +1,37 @@
-"""Draw detections (coloured masks, boxes, class names and scores) onto an image."""
+"""Draw detections (coloured masks, boxes, class names and scores) onto an image.
+
+Memory-light for huge photos: the only full-size arrays are the output image (uint8) and PIL's
+copy of it for the text; each mask is pasted and blended in its box's window only (float32 of the
+window). Takes anything shaped like ``gcnet.structures.Detections`` (:class:`Drawable`), so that
+``Detections.plot`` can call it without an import cycle.
+"""
 
 from __future__ import annotations
 
 import colorsys
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
 
-from gcnet.structures import Detections
+from gcnet.masks import BoxMasks
+
+
+class Drawable(Protocol):
+    """What drawing reads: ``Detections``' fields (boxes xyxy in the image's pixels)."""
+
+    @property
+    def boxes(self) -> Tensor: ...
+    @property
+    def scores(self) -> Tensor: ...
+    @property
+    def labels(self) -> Tensor: ...
+    @property
+    def masks(self) -> BoxMasks | None: ...
+    @property
+    def label_names(self) -> list[str]: ...
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -18,37 +41,47 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _blend_masks(canvas: np.ndarray, masks: BoxMasks, labels: list[int], keep: list[int], alpha: float) -> None:
+    """Tint each kept mask into ``canvas`` (uint8 HxWx3, in place), one box window at a time:
+    pixel = trunc(pixel * (1 - alpha) + colour * alpha) in float32."""
+    for i in keep:
+        x0, y0, window = masks.window(i)
+        inside = window.cpu().numpy()
+        if not inside.any():
+            continue
+        region = canvas[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]]
+        tint = np.array(class_colour(labels[i]), dtype=np.float32)
+        mixed = region[inside].astype(np.float32) * (1.0 - alpha) + tint * alpha
+        region[inside] = mixed.clip(0, 255).astype(np.uint8)
+
+
 def draw_detections(
     image: np.ndarray,
-    detections: Detections,
+    detections: Drawable,
     score_thr: float = 0.3,
     mask_alpha: float = 0.45,
 ) -> Image.Image:
-    """Return a copy of the uint8 RGB ``image`` with every detection above ``score_thr`` drawn."""
-    if image.dtype != np.uint8 or image.ndim != 3:
+    """Return a copy of the uint8 RGB ``image`` with every detection scoring >= ``score_thr`` drawn."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
-    canvas = image.astype(np.float32).copy()
     keep = (detections.scores >= score_thr).nonzero().flatten().tolist()
+    labels = [int(v) for v in detections.labels]
     names = detections.label_names
+    canvas = image.copy()
     masks = detections.masks
     if masks is not None:
         if masks.image_shape != image.shape[:2]:
             raise ValueError(f"masks are for a {masks.image_shape} image, the image is {image.shape[:2]}")
-        for i in keep:  # each mask pasted in its box's window only
-            x0, y0, window = masks.window(i)
-            inside = window.cpu().numpy()
-            region = canvas[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]]
-            tint = np.array(class_colour(int(detections.labels[i])), dtype=np.float32)
-            region[inside] = region[inside] * (1.0 - mask_alpha) + tint * mask_alpha
-    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+        _blend_masks(canvas, masks, labels, keep, mask_alpha)
+    out = Image.fromarray(canvas)
+    del canvas
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     for i in keep:
         x1, y1, x2, y2 = (float(v) for v in detections.boxes[i])
-        colour = class_colour(int(detections.labels[i]))
+        colour = class_colour(labels[i])
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
-        name = names[i] or str(int(detections.labels[i]))
-        text = f"{name} {float(detections.scores[i]):.2f}"
+        text = f"{names[i] or str(labels[i])} {float(detections.scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
         ty = max(0.0, y1 - (bottom - top) - 2)
         draw.rectangle((x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2), fill=colour)
@@ -56,8 +89,8 @@ def draw_detections(
     return out
 
 
-def save_visualisation(image: np.ndarray, detections: Detections, path: str | Path, score_thr: float = 0.3) -> Path:
-    """Draw and write a PNG; returns the path written."""
+def save_visualisation(image: np.ndarray, detections: Drawable, path: str | Path, score_thr: float = 0.3) -> Path:
+    """Draw and write an image file (format from the suffix, e.g. PNG); returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     draw_detections(image, detections, score_thr).save(path)

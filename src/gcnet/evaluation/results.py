@@ -7,16 +7,16 @@ mask's box window, never a full-image array).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from gcnet.structures import Detections
+from gcnet.structures import Detections, LabelMap
 
-LabelMap = Sequence[int] | Mapping[int, int]
+__all__ = ["LabelMap", "detections_to_coco", "encode_masks", "gather_results"]
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -36,30 +36,12 @@ def detections_to_coco(
     detections: Sequence[Detections], image_ids: Sequence[int], label_to_cat_id: LabelMap
 ) -> list[dict[str, Any]]:
     """One COCO result dict per detection (``image_id``, ``category_id``, ``bbox`` xywh,
-    ``score`` and, when masks exist, ``segmentation``)."""
+    ``score`` and, when masks exist, ``segmentation``): :meth:`Detections.to_coco` of each image."""
     if len(detections) != len(image_ids):
         raise ValueError(f"detections_to_coco: {len(detections)} detections but {len(image_ids)} image_ids")
     results: list[dict[str, Any]] = []
     for det, image_id in zip(detections, image_ids):
-        boxes = det.boxes.detach().to("cpu", torch.float64)
-        scores = det.scores.detach().to("cpu", torch.float64).tolist()
-        labels = det.labels.detach().to("cpu").tolist()
-        rles = det.masks.rle() if det.masks is not None else None
-        for k in range(len(labels)):
-            try:
-                cat_id = int(label_to_cat_id[int(labels[k])])
-            except (IndexError, KeyError):
-                raise ValueError(f"detections_to_coco: label {labels[k]} has no category id") from None
-            x1, y1, x2, y2 = boxes[k].tolist()
-            item: dict[str, Any] = {
-                "image_id": int(image_id),
-                "category_id": cat_id,
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(scores[k]),
-            }
-            if rles is not None:
-                item["segmentation"] = rles[k]
-            results.append(item)
+        results.extend(det.to_coco(image_id, label_to_cat_id))
     return results
 
 
