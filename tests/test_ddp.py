@@ -1,10 +1,12 @@
 """DDP on CPU (2 gloo processes): a training step with SyncBN equals one process on the global
-batch, both for a bare SGD step and for the Trainer with gradient accumulation (no_sync)."""
+batch, both for a bare SGD step and for the Trainer with gradient accumulation (no_sync); rank 0
+alone writes checkpoints and every rank waits for them; a resume is rank 0's choice on every rank."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from gcnet.checkpoint import CheckpointError
 from gcnet.config import BackboneConfig, ModelConfig
-from gcnet.engine import convert_sync_batchnorm, find_free_port, get_rank, get_world_size, unwrap, wrap_ddp
-from gcnet.engine.distributed import all_reduce_max, teardown_distributed
+from gcnet.engine import Trainer, convert_sync_batchnorm, find_free_port, get_rank, get_world_size, unwrap, wrap_ddp
+from gcnet.engine.distributed import all_reduce_max, barrier, teardown_distributed
 
 torch.set_num_threads(1)
 
@@ -70,6 +73,54 @@ def _patience_run(work: Path, rank: int, world: int) -> None:
     torch.save(torch.tensor([trainer.state.epoch, int(trainer.stopped_early)]), work / f"stop_{rank}.pt")
 
 
+def _checkpoint_run(work: Path, rank: int, world: int) -> None:
+    """Rank 0 alone writes each checkpoint (slowly here) and no rank goes on before it is complete;
+    a resume takes rank 0's choice of file on every rank, and rank 0's refusal is every rank's."""
+    import gcnet.engine.checkpointer as checkpointer_mod
+    from test_trainer import make_trainer, tiny_config
+
+    writes: list[str] = []
+    seen: list[int] = []
+    original = checkpointer_mod.save_checkpoint
+
+    def slow_save(path: Path, *args: object, **kwargs: object) -> object:
+        writes.append(Path(path).name)
+        time.sleep(0.5)  # a rank that did not wait would read the previous file, or none
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def read_back(trainer: Trainer, record: dict) -> None:
+        if record["global_step"] == 2:  # right after the mid-epoch save (checkpoint_every_iters)
+            seen.append(int(torch.load(work / "latest.pth", weights_only=True)["global_step"]))
+
+    checkpointer_mod.save_checkpoint = slow_save  # type: ignore[assignment]
+    try:
+        cfg = tiny_config(images_per_gpu=1, epochs=1, checkpoint_every_iters=2)
+        make_trainer(cfg, work, num_replicas=world, rank=rank, step_callback=read_back).fit()
+    finally:
+        checkpointer_mod.save_checkpoint = original
+    resumed = make_trainer(tiny_config(images_per_gpu=1, epochs=2), work, num_replicas=world, rank=rank)
+    if rank == 1:  # a listing of its own (a file system slow to show the newest file) must not count
+
+        def own_choice() -> None:
+            raise AssertionError("rank 1 chose a checkpoint itself")
+
+        resumed.checkpointer.newest_readable = own_choice  # type: ignore[method-assign,assignment]
+    assert resumed.resume()
+    step = resumed.state.global_step
+    bad = work.parent / "cut_short"
+    if rank == 0:
+        bad.mkdir()
+        (bad / "latest.pth").write_bytes(b"PK\x03\x04 cut short")
+    barrier()
+    try:
+        make_trainer(cfg, bad, num_replicas=world, rank=rank).resume()
+        refusal = ""
+    except CheckpointError as err:
+        refusal = str(err)
+    record = {"writes": writes, "seen": seen, "step": step, "refusal": refusal}
+    (work / f"rank_{rank}.json").write_text(json.dumps(record))
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -90,6 +141,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # the Trainer: 1 image per rank per micro-batch, 2 micro-batches per step
     _trainer_run(Path(out) / "ddp", 1, rank, world)
     _patience_run(Path(out) / "patience", rank, world)
+    _checkpoint_run(Path(out) / "checkpoints", rank, world)
     teardown_distributed(barrier=True)  # gloo on torch < 2.8 can deadlock without it
 
 
@@ -119,20 +171,26 @@ def test_ddp_syncbn_step_equals_single_process(out_dir: Path) -> None:
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=key)
 
 
-@pytest.mark.slow
-def test_ddp_trainer_with_accumulation_equals_single_process(out_dir: Path, tmp_path: Path) -> None:
-    """2 ranks x 1 image x 2 micro-batches (SyncBN, no_sync) == 1 process x 2 images x 2."""
-    _trainer_run(tmp_path, 2, 0, 1)
-    expected = torch.load(tmp_path / "state_0.pt", weights_only=True)
+def assert_trains_as_one_process(ddp_dir: Path, single_dir: Path) -> None:
+    """The 2 ranks' final weights and rank 0's log of :func:`_trainer_run` (1 image per rank) equal
+    one process's run on the same global batch (2 images) in ``single_dir``."""
+    _trainer_run(single_dir, 2, 0, 1)
+    expected = torch.load(single_dir / "state_0.pt", weights_only=True)
     for rank in range(2):
-        got = torch.load(out_dir / "ddp" / f"state_{rank}.pt", weights_only=True)
+        got = torch.load(ddp_dir / f"state_{rank}.pt", weights_only=True)
         for key, value in expected.items():
             torch.testing.assert_close(got[key].float(), value.float(), rtol=1e-5, atol=1e-5, msg=key)
     read = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
-    ddp_log, single_log = read(out_dir / "ddp"), read(tmp_path)
+    ddp_log, single_log = read(ddp_dir), read(single_dir)
     assert len(ddp_log) == len(single_log) == 2  # rank 0 only writes
     for a, b in zip(ddp_log, single_log):
         assert a["lr"] == pytest.approx(b["lr"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_trainer_with_accumulation_equals_single_process(out_dir: Path, tmp_path: Path) -> None:
+    """2 ranks x 1 image x 2 micro-batches (SyncBN, no_sync) == 1 process x 2 images x 2."""
+    assert_trains_as_one_process(out_dir / "ddp", tmp_path)
 
 
 def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,3 +222,13 @@ def test_ddp_ranks_stop_together_on_rank_0s_numbers(out_dir: Path) -> None:
     for rank in range(2):  # best at epoch 1, no better at epoch 2: patience 1 spent
         assert torch.load(out_dir / "patience" / f"stop_{rank}.pt", weights_only=True).tolist() == [2, 1]
     assert torch.load(out_dir / "patience" / "best.pth", weights_only=True)["meta"]["best"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_rank_0_writes_each_checkpoint_and_every_rank_waits_for_it(out_dir: Path) -> None:
+    ranks = [json.loads((out_dir / "checkpoints" / f"rank_{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["writes"] == ["latest.pth", "epoch_1.pth"] and ranks[1]["writes"] == []
+    assert ranks[0]["seen"] == ranks[1]["seen"] == [2]  # the step-2 file, complete, on both ranks
+    assert ranks[0]["step"] == ranks[1]["step"] == 4  # both resumed rank 0's choice (epoch_1 / latest)
+    assert ranks[0]["refusal"] == ranks[1]["refusal"] != ""  # rank 1 did not wait for a choice
+    assert "latest.pth" in ranks[1]["refusal"]

@@ -103,6 +103,10 @@ class TrainConfig:
     checkpoint_every_iters: int = 0
     # DDP's find_unused_parameters: only for models whose steps leave trainable parameters unused.
     find_unused_parameters: bool = False
+    # How long a rank waits in a collective (and at start-up for the others) before it gives up on
+    # a rank that died or hangs: exit code 75 (gloo) or NCCL's watchdog. Longer than any one-rank
+    # pause: a checkpoint write, a download of load_from, rank 0's part of an evaluation.
+    dist_timeout_s: float = 1800.0
     # Start from a trained model's weights (path, URL or zoo name; "zoo" = this config's published
     # file): tensors whose name and shape match load, the class-dependent layers start fresh.
     load_from: str | None = None
@@ -132,6 +136,7 @@ class TrainConfig:
                 "checkpoint_interval": AT_LEAST_1,
                 "eval_interval": AT_LEAST_1,
                 "checkpoint_every_iters": NON_NEGATIVE,
+                "dist_timeout_s": POSITIVE,
                 "patience": AT_LEAST_1,
             },
         )

@@ -2,7 +2,9 @@
 
 from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
 from gcnet.engine.distributed import (
+    EXIT_RANK_LOST,
     DistContext,
+    RankLostError,
     find_free_port,
     get_rank,
     get_world_size,
@@ -26,10 +28,12 @@ from gcnet.engine.trainer import (
 )
 
 __all__ = [
+    "EXIT_RANK_LOST",
     "Checkpointer",
     "DistContext",
     "LRSchedule",
     "NonFiniteLossError",
+    "RankLostError",
     "SyncBatchNorm2d",
     "TrainLogger",
     "TrainState",

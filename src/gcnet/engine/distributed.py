@@ -1,13 +1,17 @@
 """torch.distributed plumbing: torchrun environment, process group, DDP wrapping, small collectives.
 
-Launch with ``torchrun --nproc_per_node N -m gcnet train ...``; a plain ``python`` run is a single
-process. NCCL on CUDA, gloo on CPU. Every helper is a no-op (or the identity) without a group.
+Launch with ``torchrun --nproc_per_node N -m gcnet train ...`` (any number of nodes), or start every
+rank directly with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (SLURM ``srun``); a plain
+``python`` run is a single process. NCCL on CUDA, gloo on CPU. Every helper is a no-op (or the
+identity) without a group. A collective that fails because another rank died or stopped answering
+(within the group's timeout) becomes :class:`RankLostError`, one line and exit code 75.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,20 +25,75 @@ from torch.nn.parallel import DistributedDataParallel
 from gcnet.checkpoint.io import unwrap_model as unwrap  # one unwrapper for DDP, DataParallel, compile
 
 __all__ = [
+    "EXIT_RANK_LOST",
     "DistContext",
+    "RankLostError",
     "all_gather_object",
+    "as_rank_lost",
     "all_reduce_max",
     "all_reduce_mean",
     "any_process",
     "barrier",
+    "broadcast_object",
+    "comm_failure",
     "find_free_port",
     "get_rank",
     "get_world_size",
     "init_distributed",
+    "restart_count",
     "teardown_distributed",
     "unwrap",
     "wrap_ddp",
 ]
+
+
+# EX_TEMPFAIL of sysexits.h: nothing the user must fix; requeue, and --resume continues.
+EXIT_RANK_LOST = 75
+# The first line of what gloo raises (a RuntimeError naming its own source file) and of what a
+# TCPStore rendezvous raises when ranks are missing; NCCL and newer stores raise torch's DistError.
+_COMM_FAILURE = re.compile(r"^\[[^\]]*gloo[^\]]*\]|waiting for clients|clients joined", re.IGNORECASE)
+_SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
+
+
+class RankLostError(RuntimeError):
+    """This rank's collective failed: another rank died (killed, out of memory, a lost node) or did
+    not answer within the group's timeout. ``exit_code`` 75 tells a scheduler to requeue."""
+
+    exit_code = EXIT_RANK_LOST
+
+    def __init__(self, rank: int, world_size: int, cause: str, timeout_s: float, resume_hint: str) -> None:
+        super().__init__(
+            f"rank {rank} of {world_size} lost the other ranks ({cause}): one of them died (killed, out of "
+            f"memory, a failed node; its own log says which) or did not answer within the {timeout_s:g} s "
+            f"collective timeout (train.dist_timeout_s); {resume_hint}"
+        )
+
+
+def comm_failure(err: BaseException) -> str | None:
+    """The backend's own words (first sentence, without its source location) when ``err`` is a
+    failed collective or rendezvous; None for any other error."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    dist_error: Any = getattr(dist, "DistError", ())  # torch >= 2.1; gloo raises plain RuntimeError
+    if not (isinstance(err, dist_error) or (isinstance(err, RuntimeError) and _COMM_FAILURE.search(first))):
+        return None
+    return _SOURCE_PREFIX.sub("", first).split(". ")[0].rstrip(".")
+
+
+def as_rank_lost(err: BaseException, timeout_s: float, resume_hint: str) -> RankLostError | None:
+    """``err`` as :class:`RankLostError` when it is a failed collective of a group of several
+    ranks (joined or being joined); None otherwise."""
+    joined = dist.is_available() and dist.is_initialized()
+    world = get_world_size() if joined else _env_int("WORLD_SIZE", 1)
+    cause = comm_failure(err) if world > 1 else None
+    if cause is None:
+        return None
+    return RankLostError(get_rank() if joined else _env_int("RANK", 0), world, cause, timeout_s, resume_hint)
+
+
+def restart_count() -> int:
+    """How often torchrun's agent restarted this job's workers (``TORCHELASTIC_RESTART_COUNT``; 0
+    for a first attempt or without torchrun)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
 
 
 @dataclass(frozen=True)
@@ -70,6 +129,8 @@ def init_distributed(device: torch.device | str | None = None, timeout_s: float 
 
     ``device`` None picks ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. A world of one
     process (no torchrun) initialises nothing. Already-initialised groups are reused.
+    ``timeout_s`` bounds every collective and the wait for the other ranks at start: gloo raises
+    after it; NCCL's watchdog (its async error handling, kept on) ends the process after it.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -90,13 +151,14 @@ def init_distributed(device: torch.device | str | None = None, timeout_s: float 
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
+        if backend == "nccl":  # without it a rank waits for a dead peer forever (torch's default: 3)
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+        timeout = timedelta(seconds=timeout_s)
+        store, rank, world_size = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
+        # Newer torchrun keeps its agent's store across restarts (TORCHELASTIC_USE_AGENT_STORE): a
+        # restarted group would read the previous attempt's addresses and fail to connect.
+        attempt = dist.PrefixStore(f"gcnet/attempt_{restart_count()}", store)
+        dist.init_process_group(backend=backend, store=attempt, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -123,6 +185,15 @@ def get_world_size() -> int:
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a group)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def find_free_port() -> int:

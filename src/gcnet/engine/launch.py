@@ -2,7 +2,9 @@
 
 Works as a plain single process or under ``torchrun`` (one process per GPU, or gloo on CPU).
 A work dir that holds checkpoints is continued (``resume``) or started over (``overwrite``), never
-silently mixed with a new run; ``train.load_from`` starts from a trained model's weights.
+silently mixed with a new run; ``train.load_from`` starts from a trained model's weights. Workers
+that torchrun restarted (``--max-restarts``) resume by themselves. A rank that loses the others
+(one died or hangs past ``train.dist_timeout_s``) stops with :class:`RankLostError`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from gcnet.checkpoint import load_for_finetuning, read_checkpoint, recorded_clas
 from gcnet.config import Config, with_class_names
 from gcnet.data import CocoDetection, GroupedBatchSampler, collate, read_coco_json
 from gcnet.engine.checkpointer import Checkpointer
-from gcnet.engine.distributed import barrier, init_distributed, teardown_distributed
+from gcnet.engine.distributed import as_rank_lost, barrier, init_distributed, restart_count, teardown_distributed
 from gcnet.engine.logger import LOG_FILE
 from gcnet.engine.trainer import EvaluateFn, Trainer, TrainingStopped, seed_everything
 from gcnet.models.detector import TwoStageDetector, build_model
@@ -43,7 +45,10 @@ def train(
     Weights: ``resume`` (the work dir's newest readable checkpoint), else ``train.load_from``
     (fine-tuning: what fits loads, the class layers start afresh), else ImageNet weights from the
     model builder (``cfg.model.backbone.pretrained``; None = random init). A work dir that holds
-    checkpoints needs ``resume`` or ``overwrite`` (which deletes them and the logs).
+    checkpoints needs ``resume`` or ``overwrite`` (which deletes them and the logs). Under a torchrun
+    restart (``TORCHELASTIC_RESTART_COUNT`` > 0) it resumes, whatever was asked: the first attempt
+    already started over, and what it saved since is this run's. A failed collective (a rank died,
+    or did not answer within ``train.dist_timeout_s``) raises :class:`RankLostError`.
     """
     ann_file, image_dir = cfg.data.train_ann, cfg.data.train_images
     if ann_file is None or image_dir is None:
@@ -51,13 +56,18 @@ def train(
             "train: cfg.data.train_ann and cfg.data.train_images must be set "
             "(e.g. --set data.train_ann=.../instances_train2017.json)"
         )
+    restarts = restart_count()
+    if restarts:
+        resume, overwrite = True, False
     checkpointer = Checkpointer(work_dir)
     _check_work_dir(checkpointer, resume, overwrite)
     cfg = with_dataset_classes(cfg)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     finished = False
-    ctx = init_distributed(device)
     try:
+        ctx = init_distributed(device, cfg.train.dist_timeout_s)
+        if restarts and ctx.rank == 0:
+            print(f"restart {restarts} of the workers (torchrun): resuming from the newest checkpoint")
         if overwrite and ctx.rank == 0:
             _start_over(checkpointer)
         barrier()
@@ -100,6 +110,15 @@ def train(
             raise TrainingStopped(trainer.stop_signal, final, trainer.state.describe())
         finished = True
         return final
+    except RuntimeError as err:
+        lost = (
+            None
+            if isinstance(err, TrainingStopped)
+            else as_rank_lost(err, cfg.train.dist_timeout_s, _resume_hint(checkpointer))
+        )
+        if lost is None:
+            raise
+        raise lost from err
     finally:
         if owns_group:  # every rank reaches the barrier only after a normal finish
             teardown_distributed(barrier=finished)
@@ -117,6 +136,14 @@ def _check_work_dir(checkpointer: Checkpointer, resume: bool, overwrite: bool) -
             "with --resume (resume=True), or start over with --overwrite (overwrite=True), "
             "which deletes them"
         )
+
+
+def _resume_hint(checkpointer: Checkpointer) -> str:
+    """What the work dir holds to continue from, for the lost-rank line."""
+    candidates = checkpointer.resume_candidates()
+    if not candidates:
+        return "no checkpoint was written yet"
+    return f"--resume continues from {candidates[0]} (torchrun --max-restarts N restarts and resumes by itself)"
 
 
 def _start_over(checkpointer: Checkpointer) -> None:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gcnet.checkpoint import load_state_dict_checked, safe_torch_load
+from gcnet.checkpoint import CheckpointError, load_state_dict_checked, safe_torch_load
 from gcnet.config import COCO_STAT_NAMES, Config, config_to_dict
 from gcnet.engine.checkpointer import Checkpointer, capture_rng_state, restore_rng_state
 from gcnet.engine.distributed import (
@@ -44,6 +44,7 @@ from gcnet.engine.distributed import (
     all_reduce_mean,
     any_process,
     barrier,
+    broadcast_object,
     get_rank,
     get_world_size,
     wrap_ddp,
@@ -515,8 +516,9 @@ class Trainer:
     def resume(self) -> bool:
         """Restore everything from the newest readable checkpoint (``latest.pth``, else the highest
         ``epoch_N.pth``; unreadable ones are skipped with a warning); False (and a fresh start)
-        when the work dir holds none. Raises when it holds some but none reads back."""
-        found = self.checkpointer.newest_readable()
+        when the work dir holds none. Raises when it holds some but none reads back. Rank 0 picks
+        the file and every rank resumes from that one (collective)."""
+        found = self._agreed_checkpoint()
         if found is None:
             if self.rank == 0:
                 print(f"resume: no checkpoint in {self.work_dir} yet, starting from scratch")
@@ -546,6 +548,24 @@ class Trainer:
         if self.rank == 0:
             print(f"resume: from {path} ({self.state.describe()})")
         return True
+
+    def _agreed_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0's choice of :meth:`Checkpointer.newest_readable`, read on every rank: ranks that
+        listed the work dir themselves could disagree (a save landing in between, a file system
+        slow to show it). Rank 0's refusal is every rank's, so no rank waits for the others."""
+        found, choice = None, None
+        if self.rank == 0:
+            try:
+                found = self.checkpointer.newest_readable()
+                choice = ("file", None if found is None else str(found[0]))
+            except CheckpointError as err:
+                choice = ("error", str(err))
+        kind, value = broadcast_object(choice)
+        if kind == "error":
+            raise CheckpointError(value)
+        if self.rank == 0 or value is None:
+            return found
+        return Path(value), self.checkpointer.load(value)
 
     def _restore_best(self) -> None:
         """The best value so far from ``best.pth``'s meta, and the evaluations since it (patience)."""
