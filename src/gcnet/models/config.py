@@ -499,6 +499,12 @@ class RoIConfig:
     nms_iou: float = 0.5
     max_per_img: int = 100
     mask_thr: float = 0.5
+    # One NMS over all classes (mmdet's nms=dict(class_agnostic=True)) instead of one per class.
+    class_agnostic_nms: bool = False
+    # One score threshold per class in place of score_thr (empty: score_thr for every class). Like
+    # score_thr it filters before NMS: with class-wise NMS that keeps exactly the detections a filter
+    # after NMS would keep, and the best max_per_img are then chosen among those that pass.
+    class_score_thr: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(
@@ -519,9 +525,17 @@ class RoIConfig:
                 "nms_iou": UNIT,
                 "max_per_img": NON_NEGATIVE,
                 "mask_thr": FRACTION,
+                "class_score_thr": Bound(high=1),
             },
             non_empty=("featmap_strides", "stages"),
         )
+        if self.class_score_thr and len(self.class_score_thr) != self.num_classes:
+            raise config_error(
+                self,
+                "class_score_thr",
+                f"expected one threshold per class ({self.num_classes}), or () for score_thr "
+                f"everywhere, got {len(self.class_score_thr)}: {self.class_score_thr!r}",
+            )
         if self.mask_size != 2 * self.mask_roi_size:
             raise config_error(
                 self,

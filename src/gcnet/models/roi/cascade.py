@@ -18,7 +18,7 @@ from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.models.config import RoIConfig, cascade_stages  # noqa: F401 (cascade_stages re-exported)
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes, regress_by_label
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
-from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms
+from gcnet.models.roi.inference import configured_nms, detections_of_batch, label_mask_probs
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.standard import RoIHeadOutput, check_inputs
 from gcnet.models.roi.targets import (
@@ -151,8 +151,7 @@ class CascadeRoIHead(nn.Module):
         for b, summed, d, meta in zip(boxes, logit_sum, deltas_last, metas):
             scores = torch.softmax(summed / float(self.num_stages), dim=-1)
             decoded = decode_all_classes(self.coders[-1], b, d, meta.img_shape)
-            cfg = self.cfg
-            kept.append(multiclass_nms(decoded, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
+            kept.append(configured_nms(decoded, scores, self.cfg))
         mask_probs = None
         if self.with_mask:
             mask_probs = label_mask_probs(self.mask_roi_extractor, self.mask_head, feats, kept, self.cfg.mask_size)

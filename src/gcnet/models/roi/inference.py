@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from gcnet.boxes import batched_nms
 from gcnet.masks import BoxMasks
+from gcnet.models.config import RoIConfig
 from gcnet.models.postprocess import rescale_boxes
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois
 from gcnet.structures import Detections, ImageMeta
@@ -29,13 +30,23 @@ def multiclass_nms(
     score_thr: float,
     iou_thr: float,
     max_num: int,
+    *,
+    class_agnostic: bool = False,
+    class_score_thr: Sequence[float] = (),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Class-wise NMS over (RoI, class) pairs (mmdet ``multiclass_nms``).
+    """NMS over (RoI, class) pairs, class-wise by default (mmdet ``multiclass_nms``).
 
     ``boxes`` [K, C, 4] (class-specific) or [K, 1, 4] / [K, 4] (shared by all classes);
     ``scores`` [K, C + 1] probabilities with background last. Pairs are flattened RoI-major,
     kept when score > ``score_thr`` (strict), NMS'd per class and the best ``max_num`` returned
     as (boxes [n, 4], scores [n], labels [n]) sorted by descending score.
+
+    ``class_agnostic``: one NMS over all pairs, so that any class suppresses any other (mmdet's
+    ``nms=dict(class_agnostic=True)``). ``class_score_thr``: one threshold per class in place of
+    ``score_thr``, applied where it is: before NMS. Greedy NMS decides each pair by higher-scoring
+    pairs only, so with class-wise NMS this keeps the pairs a filter after NMS would keep, and the
+    top ``max_num`` are taken among those; with ``class_agnostic`` a filtered-out pair no longer
+    suppresses other classes' pairs (as with ``score_thr``).
     """
     num_classes = scores.shape[1] - 1
     k = scores.shape[0]
@@ -48,14 +59,34 @@ def multiclass_nms(
     flat_boxes = boxes.reshape(-1, 4)
     flat_scores = scores[:, :num_classes].reshape(-1)
     flat_labels = torch.arange(num_classes, device=scores.device).repeat(k)
-    valid = (flat_scores > score_thr).nonzero().view(-1)
+    if class_score_thr:
+        if len(class_score_thr) != num_classes:
+            raise ValueError(f"multiclass_nms: {len(class_score_thr)} class_score_thr for {num_classes} classes")
+        thr = torch.tensor(class_score_thr, dtype=flat_scores.dtype, device=scores.device)[flat_labels]
+        valid = (flat_scores > thr).nonzero().view(-1)
+    else:
+        valid = (flat_scores > score_thr).nonzero().view(-1)
     flat_boxes, flat_scores, flat_labels = flat_boxes[valid], flat_scores[valid], flat_labels[valid]
     if flat_boxes.shape[0] == 0:
         return flat_boxes, flat_scores, flat_labels
-    keep = batched_nms(flat_boxes, flat_scores, flat_labels, iou_thr)
+    groups = torch.zeros_like(flat_labels) if class_agnostic else flat_labels
+    keep = batched_nms(flat_boxes, flat_scores, groups, iou_thr)
     if max_num > 0:
         keep = keep[:max_num]
     return flat_boxes[keep], flat_scores[keep], flat_labels[keep]
+
+
+def configured_nms(boxes: Tensor, scores: Tensor, cfg: RoIConfig) -> Kept:
+    """``multiclass_nms`` with ``cfg``'s test-time settings: the last box step of both RoI heads."""
+    return multiclass_nms(
+        boxes,
+        scores,
+        cfg.score_thr,
+        cfg.nms_iou,
+        cfg.max_per_img,
+        class_agnostic=cfg.class_agnostic_nms,
+        class_score_thr=cfg.class_score_thr,
+    )
 
 
 def to_detections(

@@ -15,7 +15,7 @@ from gcnet.boxes import DeltaXYWHBBoxCoder
 from gcnet.models.config import RoIConfig
 from gcnet.models.roi.bbox_head import Shared2FCBBoxHead, decode_all_classes
 from gcnet.models.roi.extractor import RoIExtractor, boxes_to_rois, nchw_levels
-from gcnet.models.roi.inference import detections_of_batch, label_mask_probs, multiclass_nms
+from gcnet.models.roi.inference import configured_nms, detections_of_batch, label_mask_probs
 from gcnet.models.roi.mask_head import FCNMaskHead
 from gcnet.models.roi.targets import bbox_losses, mask_branch_loss, sample_rois, stage_samplers
 from gcnet.structures import Detections, ImageMeta, Targets
@@ -113,8 +113,7 @@ class StandardRoIHead(nn.Module):
         for b, logits, d, meta in zip(boxes, cls_score.split(counts), deltas.split(counts), metas):
             scores = torch.softmax(logits.float(), dim=-1)
             decoded = decode_all_classes(self.coder, b.float(), d.float(), meta.img_shape)
-            cfg = self.cfg
-            kept.append(multiclass_nms(decoded, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
+            kept.append(configured_nms(decoded, scores, self.cfg))
         mask_probs = None
         if self.with_mask:
             mask_probs = label_mask_probs(self.mask_roi_extractor, [self.mask_head], feats, kept, self.cfg.mask_size)
