@@ -27,7 +27,14 @@ from gcnet.checkpoint import CheckpointError
 from gcnet.config import ConfigError
 from gcnet.data import CocoDetection, DatasetError
 from gcnet.demo import run_demo
-from gcnet.engine import NonFiniteLossError, TrainingStopped, init_distributed, teardown_distributed, train
+from gcnet.engine import (
+    NonFiniteLossError,
+    RankLostError,
+    TrainingStopped,
+    init_distributed,
+    teardown_distributed,
+    train,
+)
 from gcnet.errors import UserError, warn_line
 from gcnet.evaluation import evaluate_model
 from gcnet.export import export_onnx, export_program, save_programs
@@ -148,7 +155,8 @@ def cli_test(args: argparse.Namespace) -> int:
 def cli_train(args: argparse.Namespace) -> int:
     """Exit codes: 0 done (or stopped early by train.patience), 2 an error the user can fix (a
     NaN/inf loss too), 128 + signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped the run after
-    it saved latest.pth: `--resume` continues it."""
+    it saved latest.pth: `--resume` continues it; 75 when this rank lost the others (one died, or
+    did not answer within train.dist_timeout_s): requeue with `--resume`."""
     cfg, _, _ = resolve(args.config, None, args.overrides)
     paths = {
         "train_ann": args.data,
@@ -176,6 +184,9 @@ def cli_train(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         print(f"gcnet train: {stop}", file=sys.stderr)
         return stop.exit_code
+    except RankLostError as lost:
+        print(f"gcnet train: error: {lost}", file=sys.stderr)
+        return lost.exit_code
     except (ValueError, NonFiniteLossError) as err:
         raise UserError(str(err)) from None
     print(f"final checkpoint: {final}")
