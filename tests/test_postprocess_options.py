@@ -2,23 +2,32 @@
 
 The default path must stay the original's: it is compared with mmdet's ``multiclass_nms`` spelled
 out here (a per-class loop of torchvision NMS). Each option is checked on hand-made boxes, on a
-tiny detector built through ``build_detector(..., overrides=...)``.
+tiny detector built through ``build_detector(..., overrides=...)``, and through the CLI.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.ops import box_iou, nms
 
 from gcnet import build_detector
-from gcnet.config import ConfigError, RoIConfig, apply_overrides, with_class_names
+from gcnet.checkpoint import save_checkpoint
+from gcnet.cli import main
+from gcnet.config import ConfigError, RoIConfig, apply_overrides, config_to_dict, with_class_names
+from gcnet.data import SHAPE_CLASSES, make_synthetic_coco
 from gcnet.inference import predict
+from gcnet.models.detector import TwoStageDetector
 from gcnet.models.roi.inference import multiclass_nms
 from tiny_models import tiny_config
+
+NAMES = SHAPE_CLASSES[:3]  # circle, square, triangle: the tiny detector's classes here
 
 
 # ---------------------------------------------------------------- multiclass_nms
@@ -202,3 +211,86 @@ def test_end_to_end_class_score_thr(cascade) -> None:
     assert 1 in base.labels.tolist() and 1 not in got.labels.tolist()
     others = base.labels != 1
     assert torch.equal(got.boxes, base.boxes[others]) and torch.equal(got.scores, base.scores[others])
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny box-only detector's checkpoint that records its config and classes (circle, square,
+    triangle), keeping 10 detections per image."""
+    cfg = apply_overrides(with_class_names(tiny_config(), NAMES), ["model.with_mask=False"])
+    assert cfg.model.roi.max_per_img == 10
+    torch.manual_seed(0)
+    model = TwoStageDetector(cfg.model, cfg.class_names)
+    meta = {"config": config_to_dict(cfg), "class_names": list(cfg.class_names)}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", model, meta)
+
+
+def _predict(checkpoint: Path, tmp_path: Path, *flags: str) -> list[dict]:
+    """detections.json of `gcnet predict` on one image, every detection the model returns."""
+    image = tmp_path / "img.png"
+    if not image.exists():
+        Image.fromarray(_image()).save(image)
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    assert main(["predict", str(checkpoint), str(image), "--out", str(out), "--score-thr", "0", *flags]) == 0
+    categories = {c["id"]: c["name"] for c in json.loads((out / "images.json").read_text())["categories"]}
+    records = json.loads((out / "detections.json").read_text())
+    return [{**r, "name": categories[r["category_id"]]} for r in records]
+
+
+def _xyxy(records: list[dict]) -> torch.Tensor:
+    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)])
+
+
+def test_cli_max_det(checkpoint, tmp_path) -> None:
+    default = _predict(checkpoint, tmp_path)
+    everything = _predict(checkpoint, tmp_path, "--max-det", "0")
+    two = _predict(checkpoint, tmp_path, "--max-det", "2")
+    assert len(default) == 10 and len(everything) > 10 and len(two) == 2  # the checkpoint records 10
+    top = sorted(everything, key=lambda r: -r["score"])[:2]
+    assert [r["score"] for r in two] == [r["score"] for r in top]
+
+
+def test_cli_class_agnostic_nms(checkpoint, tmp_path) -> None:
+    classwise = _xyxy(_predict(checkpoint, tmp_path, "--max-det", "0"))
+    agnostic = _xyxy(_predict(checkpoint, tmp_path, "--max-det", "0", "--class-agnostic-nms"))
+    assert box_iou(classwise, classwise).fill_diagonal_(0).max() > 0.6
+    assert 0 < len(agnostic) < len(classwise)
+    assert box_iou(agnostic, agnostic).fill_diagonal_(0).max() <= 0.5 + 1e-3  # json rounding
+
+
+def test_cli_class_score_thr(checkpoint, tmp_path, capsys) -> None:
+    base = _predict(checkpoint, tmp_path, "--max-det", "0")
+    got = _predict(checkpoint, tmp_path, "--max-det", "0", "--class-score-thr", "square=1")
+    assert "square" in {r["name"] for r in base} and "square" not in {r["name"] for r in got}
+    assert got == [r for r in base if r["name"] != "square"]  # the unnamed classes keep score_thr
+    high = _predict(checkpoint, tmp_path, "--max-det", "0", "--class-score-thr", "circle=0.5", "triangle=0.5")
+    assert high and all(r["score"] > 0.5 for r in high if r["name"] != "square")
+    assert [r for r in high if r["name"] == "square"] == [r for r in base if r["name"] == "square"]
+    capsys.readouterr()
+    image = tmp_path / "img.png"
+    argv = ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "x"), "--class-score-thr", "cat=0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "gcnet predict: error: --class-score-thr: no class 'cat' in tiny; its classes: circle, square, triangle"
+    ]
+    assert not (tmp_path / "x").exists()
+    assert main([*argv[:-1], "square=2"]) == 2
+    assert "--class-score-thr: square=2: 2 must be >= 0 and <= 1" in capsys.readouterr().err
+
+
+def test_cli_test_takes_the_flags_into_the_config(checkpoint, tmp_path, capsys) -> None:
+    paths = make_synthetic_coco(tmp_path / "data", num_train=0, num_val=2, image_size=(96, 128), classes=NAMES)
+    out = tmp_path / "results.json"
+    argv = ["test", str(checkpoint), "--data", paths["val_ann"], "--images", paths["val_images"], "--out", str(out)]
+    flags = ["--max-det", "3", "--class-agnostic-nms", "--class-score-thr", "square=1.0"]
+    assert main([*argv, *flags]) == 0
+    err = capsys.readouterr().err
+    assert "model.roi.max_per_img: 10 -> 3" in err and "model.roi.class_agnostic_nms: False -> True" in err
+    assert "model.roi.class_score_thr: () -> (0.05, 1.0, 0.05)" in err
+    records = json.loads(out.read_text())
+    square = json.loads(Path(paths["val_ann"]).read_text())
+    square_id = next(c["id"] for c in square["categories"] if c["name"] == "square")
+    per_image = [sum(r["image_id"] == i for r in records) for i in {r["image_id"] for r in records}]
+    assert records and max(per_image) <= 3 and all(r["category_id"] != square_id for r in records)

@@ -24,7 +24,7 @@ from gcnet.bench import DEFAULT_IMAGE_SIZE, PEER_NAME, ROW_HEADER, format_row, r
 from gcnet.browse import browse, format_dataset_stats
 from gcnet.build import build, check_source, default_device, resolve
 from gcnet.checkpoint import CheckpointError
-from gcnet.config import ConfigError
+from gcnet.config import ConfigError, apply_overrides
 from gcnet.data import CocoDetection, DatasetError
 from gcnet.demo import run_demo
 from gcnet.engine import (
@@ -112,9 +112,8 @@ class _Skips:
 def cli_predict(args: argparse.Namespace) -> int:
     _weights_given(args)
     images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
-    built = build(
-        args.config, args.checkpoint, overrides=args.overrides, device=default_device(args.device), fast=args.fast
-    )
+    overrides = _postprocess_overrides(args)
+    built = build(args.config, args.checkpoint, overrides=overrides, device=default_device(args.device), fast=args.fast)
     skips = _Skips("predict")
     done = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips)
     print(f"wrote {done.done} drawing(s) to {args.out}, {done.detections} and {done.images}")
@@ -131,7 +130,8 @@ def cli_test(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     try:
         dataset = CocoDetection(args.data, args.images)  # annotations and images checked before the model loads
-        built = build(args.config, args.checkpoint, overrides=args.overrides, device=ctx.device, fast=args.fast)
+        overrides = _postprocess_overrides(args)
+        built = build(args.config, args.checkpoint, overrides=overrides, device=ctx.device, fast=args.fast)
         skips = _Skips("test")
         out = args.out if args.out is not None or args.report is None else args.report / "results.json"
         stats = evaluate_model(
@@ -332,6 +332,73 @@ def _add_tta(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _class_threshold(text: str) -> tuple[str, float]:
+    """An argparse type: ``NAME=THR`` (split at the last '=': class names may hold spaces)."""
+    name, equals, value = text.rpartition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=THR")
+    try:
+        return name, _number(float, 0, 1)(value)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text}: {err}") from None
+
+
+def _add_postprocess_options(p: argparse.ArgumentParser) -> None:
+    """The model's own test-time filtering (model.roi.*), which decides what the model returns."""
+    group = p.add_argument_group("the model's post-processing (each flag = a --set model.roi.* override)")
+    group.add_argument(
+        "--max-det",
+        type=_number(int, low=0),
+        default=None,
+        metavar="N",
+        help="keep the N best-scoring detections per image (model.roi.max_per_img; 0 keeps all; "
+        "default: the model's, 100 for the zoo)",
+    )
+    group.add_argument(
+        "--class-agnostic-nms",
+        action="store_true",
+        help="one NMS over all classes: overlapping boxes of different classes suppress each other "
+        "(model.roi.class_agnostic_nms; default: NMS within each class)",
+    )
+    group.add_argument(
+        "--class-score-thr",
+        nargs="+",
+        action="extend",
+        type=_class_threshold,
+        default=None,
+        metavar="NAME=THR",
+        help="the model's score threshold for the named classes, applied before NMS, e.g. person=0.5 "
+        "'traffic light'=0.3 (model.roi.class_score_thr; other classes keep model.roi.score_thr, 0.05 for the zoo)",
+    )
+
+
+def _postprocess_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, then the ones the post-processing flags stand for (a flag wins over a
+    --set of the same setting, and the built config records them)."""
+    overrides = list(args.overrides)
+    if args.max_det is not None:
+        overrides.append(f"model.roi.max_per_img={args.max_det}")
+    if args.class_agnostic_nms:
+        overrides.append("model.roi.class_agnostic_nms=True")
+    if args.class_score_thr:
+        overrides.append(f"model.roi.class_score_thr={_class_thresholds(args, overrides)!r}")
+    return overrides
+
+
+def _class_thresholds(args: argparse.Namespace, overrides: list[str]) -> tuple[float, ...]:
+    """One threshold per class of the model (its config, or the one its checkpoint records): the
+    named classes' as given, the others' its score_thr. Unknown names fail before the model builds."""
+    cfg = apply_overrides(resolve(args.config, args.checkpoint)[0], overrides)
+    given = dict(args.class_score_thr)
+    unknown = [name for name in given if name not in cfg.class_names]
+    if unknown:
+        raise UserError(
+            f"--class-score-thr: no class {', '.join(map(repr, unknown))} in {cfg.name}; "
+            f"its classes: {', '.join(cfg.class_names)}"
+        )
+    return tuple(given.get(name, cfg.model.roi.score_thr) for name in cfg.class_names)
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help=SOURCE_HELP)
     _add_overrides(p)
@@ -390,9 +457,11 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_number(float, 0, 1),
         default=0.3,
         help="keep detections scoring at least this, in the drawings and in detections.json alike "
-        "(0 keeps every detection the model returns)",
+        "(0 keeps every detection the model returns); a filter after the model's own threshold "
+        "(model.roi.score_thr, 0.05 for the zoo; see --class-score-thr)",
     )
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    _add_postprocess_options(p)
     _add_tta(p)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
@@ -429,6 +498,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="images per forward pass (same-size images; the original tests one at a time)",
     )
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    _add_postprocess_options(p)
     _add_tta(p)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs)")
