@@ -28,6 +28,7 @@ CORE = {
     "paths",
     "visualise",
     "speed",
+    "tiling",
 }
 CATALOGUE = {"config", "zoo", "zoo_flops"}
 APPLICATIONS = {
