@@ -560,6 +560,9 @@ class ModelConfig:
     rpn: RPNConfig = RPNConfig()
     roi: RoIConfig = RoIConfig()
     with_mask: bool = True
+    # Test-time horizontal-flip augmentation (gcnet.models.tta; mmdet 3.x's --tta). Off: the
+    # original's test pipeline. Training is unaffected.
+    test_flip: bool = False
 
     def __post_init__(self) -> None:
         """The parts fit together: what would otherwise be a shape error in the first forward."""

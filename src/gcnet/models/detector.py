@@ -14,6 +14,7 @@ from gcnet.models.config import COCO_CLASSES, ModelConfig
 from gcnet.models.neck import FPN
 from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
 from gcnet.models.rpn import RPNHead, RPNLoss, RPNProposals
+from gcnet.models.tta import flip_tta
 from gcnet.structures import Detections, ImageMeta, Targets
 
 DetectorOutput = dict[str, Tensor] | list[Detections]
@@ -53,15 +54,25 @@ class TwoStageDetector(nn.Module):
         """
         if len(metas) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images in the batch but {len(metas)} metas")
+        if targets is None:
+            if self.cfg.test_flip:
+                roi = self.cfg.roi
+                return flip_tta(self.predict, images, metas, roi.nms_iou, roi.class_agnostic_nms, roi.max_per_img)
+            return self.predict(images, metas)
         feats = self.extract_features(images)
         rpn_logits, rpn_deltas = self.rpn_head(feats)
         proposals = self.rpn_proposals(rpn_logits, rpn_deltas, metas, training=self.training)
-        if targets is None:
-            detections = self.roi_head(feats, proposals, metas)
-            return [_named(d, self.class_names) for d in detections]
         rpn_losses = self.rpn_loss(rpn_logits, rpn_deltas, metas, targets)
         roi_losses = self.roi_head(feats, proposals, metas, targets)
         return {**rpn_losses, **roi_losses}
+
+    def predict(self, images: Tensor, metas: list[ImageMeta]) -> list[Detections]:
+        """Detections of one view of the batch (no test-time augmentation)."""
+        feats = self.extract_features(images)
+        rpn_logits, rpn_deltas = self.rpn_head(feats)
+        proposals = self.rpn_proposals(rpn_logits, rpn_deltas, metas, training=self.training)
+        detections = self.roi_head(feats, proposals, metas)
+        return [_named(d, self.class_names) for d in detections]
 
 
 def _named(detections: Detections, class_names: tuple[str, ...]) -> Detections:
