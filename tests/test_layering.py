@@ -28,6 +28,7 @@ CORE = {
     "paths",
     "visualise",
     "speed",
+    "prefetch",
     "tiling",
 }
 CATALOGUE = {"config", "zoo", "zoo_flops"}
@@ -44,6 +45,7 @@ APPLICATIONS = {
     "report",
     "browse",
     "flops",
+    "video",
 }
 LAYER_NAMES = ("core", "catalogue", "applications")
 

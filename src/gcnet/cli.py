@@ -43,6 +43,7 @@ from gcnet.inference import expand_image_paths, predict_to_dir, to_rgb_array
 from gcnet.paths import check_output_dir, check_output_file, describe_os_error, is_user_os_error
 from gcnet.report import summarise_test
 from gcnet.report.writer import find_train_dir
+from gcnet.video import is_video, predict_video, probe, video_output_names
 from gcnet.zoo import ZOO
 from gcnet.zoo_flops import ZOO_FLOPS
 
@@ -111,15 +112,32 @@ class _Skips:
 
 def cli_predict(args: argparse.Namespace) -> int:
     _weights_given(args)
-    images = expand_image_paths(args.images)  # before the model loads: a typo fails at once
+    videos = [p for p in args.images if is_video(p) and not p.is_dir()]
+    others = [p for p in args.images if p not in videos]
+    images = expand_image_paths(others) if others else []  # before the model loads: a typo fails at once
+    for video in videos:
+        probe(video)  # PyAV installed, each video readable
     overrides = _postprocess_overrides(args)
     built = build(args.config, args.checkpoint, overrides=overrides, device=default_device(args.device), fast=args.fast)
     skips = _Skips("predict")
-    done = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips)
-    print(f"wrote {done.done} drawing(s) to {args.out}, {done.detections} and {done.images}")
-    if done.done == 0:
-        raise UserError(f"none of the {len(images)} image(s) could be read")
-    return skips.status(len(images))
+    work = {"batch_size": args.batch_size, "tile": args.tile, "tile_overlap": args.tile_overlap}
+    done = broken = 0
+    if images:
+        out = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips, **work)
+        rate = out.done / out.seconds if out.seconds > 0 else 0.0
+        print(f"wrote {out.done} drawing(s) to {args.out}, {out.detections} and {out.images} ({rate:.2f} images/s)")
+        done += out.done
+    for video, name in zip(videos, video_output_names(videos)):
+        clip = predict_video(built.model, video, args.out, built.config.data, args.score_thr, name=name, **work)
+        if clip.problem:
+            broken += 1
+            warn_line(f"gcnet predict: warning: {clip.problem}; wrote the {clip.frames} frame(s) before it")
+        print(f"wrote {clip.video} ({clip.frames} frames, {clip.fps:.2f} frames/s), {clip.detections}, {clip.images}")
+        done += clip.frames
+    if done == 0:
+        what = f"{len(images)} image(s)" if not videos else f"{len(images) + len(videos)} input(s)"
+        raise UserError(f"none of the {what} could be read")
+    return skips.status(len(images)) or (EXIT_SKIPPED if broken else 0)
 
 
 def cli_test(args: argparse.Namespace) -> int:
@@ -440,16 +458,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="input image size (default: the config's test scale, 1333 800 for the zoo)",
     )
 
-    p = sub.add_parser("predict", help="detect objects in images: PNG drawings and COCO results json")
+    p = sub.add_parser("predict", help="detect objects in images and videos: drawings and COCO results json")
     _add_config(p)
-    p.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        help="image files, directories of images and/or videos (.mp4 .avi .mov .mkv; needs gcnet[video])",
+    )
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP + " (not needed when CONFIG is a checkpoint)")
     p.add_argument(
         "--out",
         type=Path,
         required=True,
         help="output folder: a PNG per image, detections.json (COCO results) and images.json "
-        "(its images and categories: COCO('images.json').loadRes('detections.json'))",
+        "(its images and categories: COCO('images.json').loadRes('detections.json')); per video "
+        "the annotated video and its own NAME.detections.json and NAME.images.json (one image per frame)",
     )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
@@ -461,8 +485,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "(model.roi.score_thr, 0.05 for the zoo; see --class-score-thr)",
     )
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
-    _add_postprocess_options(p)
     _add_tta(p)
+    p.add_argument(
+        "--batch-size",
+        type=_number(int, low=1),
+        default=1,
+        metavar="N",
+        help="images (or video frames) per forward pass, same-size ones together; the next are decoded meanwhile",
+    )
+    p.add_argument(
+        "--tile",
+        type=_number(int, low=1),
+        default=None,
+        metavar="SIZE",
+        help="also detect in overlapping SIZE x SIZE windows and merge them with the whole image's "
+        "detections by NMS (SAHI's sliced prediction): finds small objects in large images",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=_number(float, 0, 0.99),
+        default=0.2,
+        metavar="F",
+        help="the share of a window its neighbour overlaps (default 0.2)",
+    )
+    _add_postprocess_options(p)
 
     p = sub.add_parser("test", help="COCO bbox + segm evaluation of a checkpoint")
     _add_config(p)
