@@ -8,6 +8,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from gcnet import masks
 from gcnet.evaluation.results import encode_masks
 from gcnet.masks import BoxMasks, _sample_window, paste_masks
 
@@ -48,6 +49,14 @@ def test_full_is_the_original_paste_in_both_modes() -> None:
     assert torch.equal(full[fine], whole[fine]) and torch.equal(whole, chunked)
     assert whole[13, :, :8].any() and not full[13, :, :8].any()
     assert full.any() and not full[12].any()  # the box off the image pastes nothing
+
+
+def test_windows_sampled_in_bands_of_rows_give_the_same_bits(monkeypatch) -> None:
+    bm = _random_masks(7)
+    whole = bm.full()
+    monkeypatch.setattr(masks, "WINDOW_BAND_PIXELS", 50)  # a few rows (or one) per band
+    assert torch.equal(bm.full(), whole)
+    assert torch.equal(bm.mask(14), whole[14])
 
 
 def test_windows_masks_and_areas_agree_with_full() -> None:

@@ -155,4 +155,4 @@ def test_plot_keeps_no_full_size_float_copy() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 3.5 * image.nbytes
+    assert peak < 3.0 * image.nbytes

@@ -26,6 +26,10 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 GPU_CHUNK_BYTES = 1 << 30  # the original's GPU_MEM_LIMIT
+# A window is sampled in bands of rows of at most this many pixels: its sampling grid costs 12 bytes
+# a pixel (8 for the grid, 4 for the samples), 580 MB for one box covering an 8000x6000 photo.
+# Each pixel's sample depends on its own grid point only, so the bands give the same bits.
+WINDOW_BAND_PIXELS = 1 << 22
 
 
 def _check(probs: Tensor, boxes: Tensor, image_shape: tuple[int, int], threshold: float, who: str) -> None:
@@ -75,10 +79,15 @@ def _window_bounds(box: Tensor, height: int, width: int) -> tuple[int, int, int,
 def _paste_window(probs: Tensor, box: Tensor, bounds: tuple[int, int, int, int], threshold: float) -> Tensor:
     """bool [y1-y0, x1-x0]: one map ``probs`` [m, m] pasted into the window ``bounds`` of its box [4]."""
     x0, y0, x1, y1 = bounds
+    out = torch.zeros((y1 - y0, x1 - x0), dtype=torch.bool, device=probs.device)
     if x1 <= x0 or y1 <= y0:
-        return torch.zeros((y1 - y0, x1 - x0), dtype=torch.bool, device=probs.device)
-    sampled = _sample_window(probs.float()[None, None], box[None].to(probs.device, torch.float32), x0, y0, x1, y1)
-    return sampled[0] >= threshold
+        return out
+    prob, corners = probs.float()[None, None], box[None].to(probs.device, torch.float32)
+    rows = max(WINDOW_BAND_PIXELS // (x1 - x0), 1)
+    for top in range(y0, y1, rows):
+        bottom = min(top + rows, y1)
+        out[top - y0 : bottom - y0] = _sample_window(prob, corners, x0, top, x1, bottom)[0] >= threshold
+    return out
 
 
 def paste_masks(
@@ -137,29 +146,25 @@ def row_index(index: Tensor | slice | Sequence[int] | int, n: int, device: torch
 
 def _rle_counts(x0: int, y0: int, window: np.ndarray, height: int, width: int) -> list[int]:
     """Uncompressed COCO RLE counts (column-major runs, zeros first) of an (H, W) mask that is
-    ``window`` [h, w] at (x0, y0) and False elsewhere, computed from the window alone."""
+    ``window`` [h, w] at (x0, y0) and False elsewhere, computed from the window alone (1 byte a
+    window pixel, plus 8 per run)."""
     h, w = window.shape
     total = height * width
     if h == 0 or w == 0:
         return [total]
-    gap = height - h  # zeros between the end of a window column and the start of the next
-    columns = np.ascontiguousarray(window.T, dtype=np.uint8)  # [w, h]: the window in column-major order
-    if gap:
-        # One sentinel zero after each column (but the last) stands for ``gap`` zeros.
-        columns = np.concatenate([columns, np.zeros((w, 1), dtype=np.uint8)], axis=1)
-        stream = columns.reshape(-1)[:-1]
-        weights = np.ones((w, h + 1), dtype=np.int64)
-        weights[:, h] = gap
-        weights = weights.reshape(-1)[:-1]
-    else:
-        stream = columns.reshape(-1)
-        weights = np.ones(stream.shape[0], dtype=np.int64)
-    position = np.concatenate([[0], np.cumsum(weights)])
+    # The window in column-major order, each column but the last followed by one zero that stands
+    # for the H - h zeros between it and the next column (none needed when h == H).
+    step = h + 1 if h < height else h
+    columns = np.zeros((w, step), dtype=np.uint8)
+    columns[:, :h] = window.T
+    stream = columns.reshape(-1)[: (w - 1) * step + h]
     edges = np.concatenate([[0], np.flatnonzero(stream[1:] != stream[:-1]) + 1, [stream.shape[0]]])
-    lengths = (position[edges[1:]] - position[edges[:-1]]).tolist()
-    first_is_one = bool(stream[0])
+    # stream index s -> pixel index of the whole mask (a sentinel's run ends at its column's end)
+    position = (edges // step) * height + (edges % step)
+    lengths = np.diff(position).tolist()
     lead = x0 * height + y0
     trail = total - lead - int(position[-1])
+    first_is_one = bool(stream[0])
     counts = [lead, *lengths] if first_is_one else [lead + lengths[0], *lengths[1:]]
     last_is_one = (len(lengths) % 2 == 1) == first_is_one
     if not last_is_one:

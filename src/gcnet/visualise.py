@@ -1,8 +1,8 @@
 """Draw detections (coloured masks, boxes, class names and scores) onto an image.
 
-Memory-light for huge photos: the only full-size arrays are the output image (uint8) and PIL's
-copy of it for the text; each mask is pasted and blended in its box's window only (float32 of the
-window). Takes anything shaped like ``gcnet.structures.Detections`` (:class:`Drawable`), so that
+Memory-light for huge photos: the only full-size image is the PIL drawing itself; each mask is
+pasted and blended in its box's window only (a uint8 crop and float32 of the window).
+Takes anything shaped like ``gcnet.structures.Detections`` (:class:`Drawable`), so that
 ``Detections.plot`` can call it without an import cycle.
 """
 
@@ -41,18 +41,21 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _blend_masks(canvas: np.ndarray, masks: BoxMasks, labels: list[int], keep: list[int], alpha: float) -> None:
-    """Tint each kept mask into ``canvas`` (uint8 HxWx3, in place), one box window at a time:
-    pixel = trunc(pixel * (1 - alpha) + colour * alpha) in float32."""
+def _blend_masks(canvas: Image.Image, masks: BoxMasks, labels: list[int], keep: list[int], alpha: float) -> None:
+    """Tint each kept mask into the RGB ``canvas`` (in place), one box window at a time:
+    pixel = trunc(pixel * (1 - alpha) + colour * alpha) in float32. Where masks overlap, each
+    blend starts from whole levels, so the result can differ from blending a float32 copy of the
+    whole image by at most 1 / alpha levels (2 at the default 0.45)."""
     for i in keep:
         x0, y0, window = masks.window(i)
         inside = window.cpu().numpy()
         if not inside.any():
             continue
-        region = canvas[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]]
+        region = np.array(canvas.crop((x0, y0, x0 + inside.shape[1], y0 + inside.shape[0])))
         tint = np.array(class_colour(labels[i]), dtype=np.float32)
         mixed = region[inside].astype(np.float32) * (1.0 - alpha) + tint * alpha
         region[inside] = mixed.clip(0, 255).astype(np.uint8)
+        canvas.paste(Image.fromarray(region), (x0, y0))
 
 
 def draw_detections(
@@ -67,14 +70,12 @@ def draw_detections(
     keep = (detections.scores >= score_thr).nonzero().flatten().tolist()
     labels = [int(v) for v in detections.labels]
     names = detections.label_names
-    canvas = image.copy()
     masks = detections.masks
+    if masks is not None and masks.image_shape != image.shape[:2]:
+        raise ValueError(f"masks are for a {masks.image_shape} image, the image is {image.shape[:2]}")
+    out = Image.fromarray(image)  # a copy: the caller's array is not drawn on
     if masks is not None:
-        if masks.image_shape != image.shape[:2]:
-            raise ValueError(f"masks are for a {masks.image_shape} image, the image is {image.shape[:2]}")
-        _blend_masks(canvas, masks, labels, keep, mask_alpha)
-    out = Image.fromarray(canvas)
-    del canvas
+        _blend_masks(out, masks, labels, keep, mask_alpha)
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     for i in keep:
