@@ -5,8 +5,10 @@
 - under ``torchrun --max-restarts 1`` a rank SIGKILLed mid-epoch, after a checkpoint: the survivor
   stops by itself with the lost-rank line, the agent restarts both, they resume from rank 0's
   choice of checkpoint and end with the very weights (torch.equal) of the uninterrupted run;
-- ranks started directly (as ``srun`` does, no agent): when one is killed, or stops answering
-  (SIGSTOP), the other exits with code 75 and one line, within the collective timeout it was given.
+- ranks started directly (as ``srun`` does, no agent): when one stops answering (SIGSTOP: its
+  sockets stay open), the other exits with code 75 and one line, within the collective timeout
+  it was given. (A killed rank's survivor learns at once, from the closed connection: the elastic
+  test sees its line.)
 
 The processes run ``tests/dist_worker.py`` (its victim hook is test-side; the library has none).
 """
@@ -14,10 +16,8 @@ The processes run ``tests/dist_worker.py`` (its victim hook is test-side; the li
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -109,11 +109,10 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_same_weights(
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
-@pytest.mark.slow  # two plain processes per case (~10 s each)
-@pytest.mark.parametrize("how", ["KILL", "STOP"])
-def test_directly_launched_ranks_stop_within_the_timeout_when_one_is_lost(data: Path, tmp_path: Path, how: str) -> None:
-    """SIGKILL closes the victim's sockets (the survivor learns at its next collective); SIGSTOP
-    keeps them open, so only the 6 s collective timeout (train.dist_timeout_s) ends the wait."""
+@pytest.mark.slow  # two plain processes (~15 s)
+def test_directly_launched_ranks_stop_within_the_timeout_when_one_is_silent(data: Path, tmp_path: Path) -> None:
+    """SIGSTOP keeps the victim's sockets open, so only the 6 s collective timeout
+    (train.dist_timeout_s) ends the survivor's wait."""
     port, timeout_s = find_free_port(), 6.0
     ranks = []
     for rank in (0, 1):
@@ -123,17 +122,13 @@ def test_directly_launched_ranks_stop_within_the_timeout_when_one_is_lost(data: 
             WORLD_SIZE="2",
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
-            GCNET_TEST_VICTIM=f"1:5:{how}",
+            GCNET_TEST_VICTIM="1:5:STOP",
         )
         command = [sys.executable, WORKER, "train", str(data), str(tmp_path), str(timeout_s)]
         ranks.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         _, err = ranks[0].communicate(timeout=120)
-        if how == "KILL":
-            assert ranks[1].wait(timeout=30) == -signal.SIGKILL
-        else:  # still stopped, holding its sockets
-            time.sleep(0.2)
-            assert ranks[1].poll() is None
+        assert ranks[1].poll() is None  # still stopped, holding its sockets
     finally:
         ranks[1].kill()
         ranks[1].communicate()
@@ -142,8 +137,7 @@ def test_directly_launched_ranks_stop_within_the_timeout_when_one_is_lost(data: 
     assert len(lines) == 1 and lines[0].startswith(LOST_LINE) and "Traceback" not in err, err[-3000:]
     assert f"within the {timeout_s:g} s collective timeout (train.dist_timeout_s)" in lines[0]
     assert f"--resume continues from {tmp_path / 'train' / 'latest.pth'}" in lines[0]  # step 4's
-    if how == "STOP":
-        assert "Timed out" in lines[0]
+    assert "Timed out" in lines[0]
     assert torch.load(tmp_path / "train" / "latest.pth", weights_only=True)["global_step"] == 4
 
 
