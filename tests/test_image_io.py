@@ -152,7 +152,7 @@ def test_a_worker_traceback_is_cut_back_to_its_line() -> None:
     text = (
         "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\n    raise DatasetError(...)\n'
-        "gcnet.data.image_io.DatasetError: img/a.png: cannot decode image (truncated)\n"
+        "gcnet.image_io.DatasetError: img/a.png: cannot decode image (truncated)\n"
     )
     err = DatasetError(text)
     assert str(err) == "img/a.png: cannot decode image (truncated)" and err.worker_traceback == text

@@ -20,6 +20,7 @@ CORE = {
     "boxes",
     "structures",
     "masks",
+    "image_io",
     "models",
     "data",
     "checkpoint",

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from gcnet.data import DatasetError, collate, load_image, preprocess
 from gcnet.data.config import DataConfig
-from gcnet.data.image_io import to_opencv_rgb
 from gcnet.errors import UserError, Warn, warn_line
+from gcnet.image_io import to_opencv_rgb
 from gcnet.paths import check_output_dir, naming, write_json
 from gcnet.prefetch import Failed, prefetch
 from gcnet.structures import COCO_CATEGORY_IDS, Detections  # noqa: F401 (re-exported)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gcnet.image_io import load_image
 from gcnet.masks import BoxMasks, row_index
 from gcnet.models.config import COCO_CLASSES
 from gcnet.visualise import draw_detections
@@ -212,10 +213,6 @@ class Detections:
         if self.image is not None:
             return self.image
         if self.path is not None:
-            # gcnet.data's package __init__ imports this module (ImageMeta, Targets): importing its
-            # decoder at this module's top would run that __init__ half-way through this one.
-            from gcnet.data.image_io import load_image
-
             return load_image(self.path)
         raise ValueError("Detections.plot: no image to draw on (pass image=, or set .image or .path)")
 

@@ -2,7 +2,6 @@
 
 from gcnet.data.coco import CocoDetection, read_coco_json
 from gcnet.data.collate import collate, stack_images
-from gcnet.data.image_io import DatasetError, load_image
 from gcnet.data.sampler import GroupedBatchSampler, ShardSampler, build_loader
 from gcnet.data.synthetic import SHAPE_CLASSES, make_synthetic_coco
 from gcnet.data.transforms import (
@@ -17,6 +16,7 @@ from gcnet.data.transforms import (
     resize_masks,
     resize_to,
 )
+from gcnet.image_io import DatasetError, load_image
 
 __all__ = [
     "CocoDetection",

@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gcnet.data.config import DataConfig
-from gcnet.data.image_io import EXIF_ORIENTATION, DatasetError, load_image
 from gcnet.data.transforms import hflip_boxes, hflip_image, hflip_masks, normalize, resize_keep_ratio, resize_masks
+from gcnet.image_io import EXIF_ORIENTATION, DatasetError, load_image
 from gcnet.structures import ImageMeta, Targets
 
 

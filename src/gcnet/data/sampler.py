@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from gcnet.data.collate import collate
 from gcnet.data.config import DataConfig
-from gcnet.data.image_io import DatasetError
+from gcnet.image_io import DatasetError
 from gcnet.structures import Batch
 
 
