@@ -78,12 +78,11 @@ def _resize_linear_u8(img: Tensor, out_h: int, out_w: int) -> Tensor:
         return ((s + 2) >> 2).to(torch.uint8)
     x0, x1, a0, a1 = _linear_taps(in_w, out_w, img.device, reset_border=True)
     y0, y1, b0, b1 = _linear_taps(in_h, out_h, img.device, reset_border=False)
-    src = img.to(torch.int32)
     rows = torch.unique(torch.cat([y0, y1]))
     # horizontal pass on the rows that are used, exact int32 (values < 2^19)
     remap = torch.full((in_h,), -1, dtype=torch.long, device=img.device)
     remap[rows] = torch.arange(rows.numel(), device=img.device)
-    part = src.index_select(0, rows)
+    part = img.index_select(0, rows).to(torch.int32)  # widen only the used rows (a 8000x6000 photo: ~2%)
     horiz = part.index_select(1, x0) * a0[None, :, None] + part.index_select(1, x1) * a1[None, :, None]
     horiz >>= 4
     # vertical pass with OpenCV's SIMD rounding, in place to keep the big temporaries few
