@@ -92,6 +92,14 @@ def test_overrides_reach_tuple_items_and_parse_by_the_fields_type() -> None:
     assert cfg.name == "123" and cfg.data.mean == (1.0, 2.0, 3.0)
 
 
+def test_bool_settings_take_true_and_false_in_any_case() -> None:
+    cfg = apply_overrides(
+        Config(), ["model.test_flip=true", "model.with_mask=FALSE", "model.backbone.gc_stages.0=True"]
+    )
+    assert cfg.model.test_flip is True and cfg.model.with_mask is False and cfg.model.backbone.gc_stages[0] is True
+    assert apply_overrides(cfg, ["model.test_flip=False"]).model.test_flip is False
+
+
 def test_optional_fields_take_none() -> None:
     base = apply_overrides(Config(), ["train.amp=bf16", "train.grad_clip=10", "model.backbone.gc_ratio=0.0625"])
     assert (base.train.amp, base.train.grad_clip, base.model.backbone.gc_ratio) == ("bf16", 10.0, 0.0625)

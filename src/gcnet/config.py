@@ -313,9 +313,21 @@ def _set_override(data: dict[str, Any], path: str, text: str) -> None:
             node = node[key]
 
 
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def _takes_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return is_union(typing.get_origin(annotation)) and bool in typing.get_args(annotation)
+
+
 def _parse(text: str, annotation: Any) -> Any:
     """``text`` as a Python literal in plain form; bare text where the literal fails to parse or where
-    the field takes that text as it is (``norm=syncbn``, ``name=123``, ``pretrained=open-mmlab://x``)."""
+    the field takes that text as it is (``norm=syncbn``, ``name=123``, ``pretrained=open-mmlab://x``).
+    A bool setting also takes ``true`` / ``false`` in any case (JSON's and YAML's spelling)."""
+    if _takes_bool(annotation) and text.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[text.lower()]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
