@@ -91,6 +91,15 @@ def test_a_video_that_breaks_off_keeps_the_frames_before_it(ckpt, tmp_path, caps
     assert 0 < done < 16 and len(_decoded(out / "noisy.mp4")[0]) == done
 
 
+def test_a_video_cut_short_says_so(ckpt, tmp_path, capsys) -> None:
+    clip = _write_video(tmp_path / "cut.avi", count=16, noise=True)  # avi: the header counts the frames
+    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
+    assert main(["predict", str(ckpt), str(clip), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    done = len(json.loads((tmp_path / "out" / "cut.images.json").read_text())["images"])
+    assert 0 < done < 16 and f"{clip}: video ended after {done} of the 16 frame(s)" in err
+
+
 def test_unreadable_videos_and_a_missing_pyav_are_one_line(ckpt, tmp_path, capsys, monkeypatch) -> None:
     (tmp_path / "junk.mkv").write_bytes(b"not a video")
     assert main(["predict", str(ckpt), str(tmp_path / "junk.mkv"), "--out", str(tmp_path / "out")]) == 2

@@ -154,8 +154,9 @@ def predict_video(
     is the annotated video (same frame rate and size), ``<stem>.detections.json`` its COCO results
     and ``<stem>.images.json`` their header, one image per frame (``id`` = frame index + 1,
     ``frame``, ``time`` in seconds, ``file_name`` the input, ``width``, ``height``, ``video``).
-    A stream that breaks off midway ends the run with what was done written and the problem in
-    :attr:`VideoOutput.problem`; a stop (Ctrl-C, a full disk) writes what was done too."""
+    A stream that breaks off midway, or ends before the frame count its header states, ends the
+    run with what was done written and the problem in :attr:`VideoOutput.problem`; a stop
+    (Ctrl-C, a full disk) writes what was done too."""
     av = require_av()
     info = probe(path)
     out_dir = check_output_dir(out_dir)
@@ -195,5 +196,8 @@ def predict_video(
         finally:
             bar.close()
         container.mux(stream.encode(None))  # the encoder's buffered frames
+    done = len(coco.entries)
+    if problem is None and info.frames and done < info.frames:  # FFmpeg reads a cut file to its cut quietly
+        problem = f"{info.path}: video ended after {done} of the {info.frames} frame(s) its header states (cut short?)"
     written = coco.write()
-    return VideoOutput(target, *written, len(coco.entries), time.perf_counter() - start, problem)
+    return VideoOutput(target, *written, done, time.perf_counter() - start, problem)
