@@ -271,3 +271,49 @@ def test_an_undecodable_image_met_with_loader_workers_stops_train_in_one_line(tm
     errors = [line for line in run.stderr.splitlines() if "error" in line]
     assert run.returncode == 2, run.stderr[-2000:]
     assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in run.stderr
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()] if tasks.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the loader worker through /proc")
+def test_a_killed_loader_worker_stops_train_in_one_line_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL of a DataLoader worker (what the out-of-memory killer does) mid-run: one error line
+    naming the cause and the checkpoint to resume from, exit code 1, no traceback, checkpoint intact."""
+    import subprocess
+    import time
+
+    from gcnet.data import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path / "data", num_train=8, num_val=0, image_size=(64, 64), seed=3)
+    work = tmp_path / "work"
+    sets = [
+        "data.scale=(64, 64)",
+        "data.workers_per_gpu=1",
+        "data.images_per_gpu=2",
+        "train.epochs=50",
+        "train.warmup_iters=1",
+        "train.checkpoint_every_iters=1",
+    ]
+    argv = [sys.executable, "-m", "gcnet", "train", "gcnet-demo", "--data", paths["train_ann"]]
+    argv += ["--images", paths["train_images"], "--work-dir", str(work)]
+    argv += [arg for s in sets for arg in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not (work / "latest.pth").exists() or not _children(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.kill(_children(proc.pid)[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr and len(errors) == 1, stderr[-2000:]
+    assert "DataLoader worker" in errors[0] and "--resume continues from" in errors[0]
+    assert torch.load(work / "latest.pth", weights_only=True)["global_step"] >= 1

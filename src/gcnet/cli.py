@@ -28,6 +28,7 @@ from gcnet.config import ConfigError, apply_overrides
 from gcnet.data import CocoDetection, DatasetError
 from gcnet.demo import run_demo
 from gcnet.engine import (
+    LoaderWorkerDied,
     NonFiniteLossError,
     RankLostError,
     TrainingStopped,
@@ -202,11 +203,13 @@ def cli_train(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         print(f"gcnet train: {stop}", file=sys.stderr)
         return stop.exit_code
-    except RankLostError as lost:
+    except (RankLostError, LoaderWorkerDied) as lost:
         print(f"gcnet train: error: {lost}", file=sys.stderr)
         return lost.exit_code
     except (ValueError, NonFiniteLossError) as err:
         raise UserError(str(err)) from None
+    if os.environ.get("RANK", "0") not in ("", "0"):  # one rank says it (the group is gone by now)
+        return 0
     print(f"final checkpoint: {final}")
     if evaluate_fn is not None and cfg.train.save_best and (final.parent / "best.pth").is_file():
         print(f"best checkpoint ({cfg.train.save_best}): {final.parent / 'best.pth'}")

@@ -13,7 +13,7 @@ from gcnet.engine.distributed import (
     unwrap,
     wrap_ddp,
 )
-from gcnet.engine.launch import train, with_dataset_classes
+from gcnet.engine.launch import LoaderWorkerDied, train, with_dataset_classes
 from gcnet.engine.logger import TrainLogger
 from gcnet.engine.schedule import LRSchedule, build_optimizer, lr_at, scaled_lr, total_batch_size
 from gcnet.engine.sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
@@ -32,6 +32,7 @@ __all__ = [
     "Checkpointer",
     "DistContext",
     "LRSchedule",
+    "LoaderWorkerDied",
     "NonFiniteLossError",
     "RankLostError",
     "SyncBatchNorm2d",

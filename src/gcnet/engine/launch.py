@@ -10,6 +10,7 @@ that torchrun restarted (``--max-restarts``) resume by themselves. A rank that l
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from functools import partial
 from pathlib import Path
@@ -116,6 +117,10 @@ def train(
             if isinstance(err, TrainingStopped)
             else as_rank_lost(err, cfg.train.dist_timeout_s, _resume_hint(checkpointer))
         )
+        if lost is None and not isinstance(err, TrainingStopped):
+            died = _loader_worker_died(err, checkpointer)
+            if died is not None:
+                raise died from err
         if lost is None:
             raise
         raise lost from err
@@ -136,6 +141,26 @@ def _check_work_dir(checkpointer: Checkpointer, resume: bool, overwrite: bool) -
             "with --resume (resume=True), or start over with --overwrite (overwrite=True), "
             "which deletes them"
         )
+
+
+_WORKER_DIED = re.compile(r"^DataLoader worker \(pid")  # how torch's loader reports a dead worker
+
+
+class LoaderWorkerDied(RuntimeError):
+    """A data-loading worker process died mid-epoch, most often at the hands of the out-of-memory
+    killer (it picks the biggest process). ``exit_code`` 1, as any failed run; resume continues."""
+
+    exit_code = 1
+
+
+def _loader_worker_died(err: RuntimeError, checkpointer: Checkpointer) -> LoaderWorkerDied | None:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not _WORKER_DIED.match(first):
+        return None
+    return LoaderWorkerDied(
+        f"{first.rstrip('.')}: a data loading worker died (a SIGKILL is most often the out-of-memory "
+        f"killer; fewer data.workers_per_gpu or more memory helps); {_resume_hint(checkpointer)}"
+    )
 
 
 def _resume_hint(checkpointer: Checkpointer) -> str:
