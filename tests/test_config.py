@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -98,6 +99,17 @@ def test_bool_settings_take_true_and_false_in_any_case() -> None:
     )
     assert cfg.model.test_flip is True and cfg.model.with_mask is False and cfg.model.backbone.gc_stages[0] is True
     assert apply_overrides(cfg, ["model.test_flip=False"]).model.test_flip is False
+
+
+def test_category_ids_follow_the_class_names() -> None:
+    cfg = with_class_names(Config(), ("cat", "dog"), (3, 7))
+    assert cfg.category_ids == (3, 7) and cfg.model.roi.num_classes == 2
+    assert config_from_dict(config_to_dict(cfg)).category_ids == (3, 7)  # what a checkpoint records
+    assert apply_overrides(cfg, ["class_names=('a', 'b', 'c')"]).category_ids == ()  # another count: default rule
+    assert apply_overrides(cfg, ["class_names=('a', 'b')"]).category_ids == (3, 7)
+    for ids, message in (((3,), "expected () or one id per class name (2), got 1"), ((3, 3), "expected distinct")):
+        with pytest.raises(ConfigError, match=re.escape(f"category_ids: {message}")):
+            dataclasses.replace(cfg, category_ids=ids)
 
 
 def test_optional_fields_take_none() -> None:

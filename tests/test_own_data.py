@@ -85,11 +85,15 @@ def test_cli_box_only_train_test_predict(tmp_path: Path, capsys) -> None:
         max_objects=2,
         classes=("circle", "star"),
     )
+    new_id = {1: 3, 2: 7}  # own sets' category ids often have gaps: results must keep them
     for split in ("train", "val"):  # as box-only sets come: no segmentation at all
         data = json.loads(Path(paths[f"{split}_ann"]).read_text())
-        assert [c["name"] for c in data["categories"]] == ["circle", "star"]
+        assert [(c["id"], c["name"]) for c in data["categories"]] == [(1, "circle"), (2, "star")]
+        for c in data["categories"]:
+            c["id"] = new_id[c["id"]]
         for a in data["annotations"]:
             del a["segmentation"]
+            a["category_id"] = new_id[a["category_id"]]
         Path(paths[f"{split}_ann"]).write_text(json.dumps(data))
     work = tmp_path / "work"
     assert (
@@ -127,5 +131,13 @@ def test_cli_box_only_train_test_predict(tmp_path: Path, capsys) -> None:
     assert len(val) == 1 and "bbox_AP" in val[0] and not any(k.startswith("segm") for k in val[0])
     assert main(["test", str(work / "epoch_1.pth"), "--data", paths["val_ann"], "--images", paths["val_images"]]) == 0
     assert "bbox" in capsys.readouterr().out
-    assert main(["predict", str(work / "best.pth"), paths["val_images"], "--out", str(tmp_path / "pred")]) == 0
-    assert (tmp_path / "pred" / "000000.png").is_file()
+    pred = tmp_path / "pred"
+    assert main(["predict", str(work / "best.pth"), paths["val_images"], "--out", str(pred), "--score-thr", "0"]) == 0
+    assert (pred / "000000.png").is_file()
+    header = json.loads((pred / "images.json").read_text())
+    assert header["categories"] == [{"id": 3, "name": "circle"}, {"id": 7, "name": "star"}]
+    records = json.loads((pred / "detections.json").read_text())
+    assert records and {r["category_id"] for r in records} <= {3, 7}
+    from pycocotools.coco import COCO
+
+    assert len(COCO(paths["val_ann"]).loadRes(str(pred / "detections.json")).getAnnIds()) == len(records)

@@ -185,7 +185,9 @@ def build(
     starts a fresh model's backbone from its ImageNet weights (ignored when a checkpoint is given).
     """
     cfg, path, state_dict = resolve(source, checkpoint, overrides)
-    model = build_model(cfg.model, cfg.class_names, load_pretrained=load_pretrained and path is None)
+    model = build_model(
+        cfg.model, cfg.class_names, load_pretrained=load_pretrained and path is None, category_ids=cfg.category_ids
+    )
     if path is not None:
         assert state_dict is not None
         load_state_dict_checked(model, state_dict, str(path))

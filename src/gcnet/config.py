@@ -172,9 +172,19 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     class_names: tuple[str, ...] = field(default=COCO_CLASSES, repr=False)
+    # the training set's category id of each class; () = COCO's ids for the 80 COCO classes, else 1..N
+    category_ids: tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        check_fields(self, non_empty=("class_names",))
+        check_fields(self, {"category_ids": AT_LEAST_1}, non_empty=("class_names",))
+        if self.category_ids and len(self.category_ids) != len(self.class_names):
+            raise config_error(
+                self,
+                "category_ids",
+                f"expected () or one id per class name ({len(self.class_names)}), got {len(self.category_ids)}",
+            )
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise config_error(self, "category_ids", f"expected distinct ids, got {self.category_ids}")
         if self.model.roi.num_classes != len(self.class_names):
             raise config_error(
                 self,
@@ -190,10 +200,12 @@ class Config:
             )
 
 
-def with_class_names(cfg: Config, class_names: Sequence[str]) -> Config:
-    """``cfg`` for another set of classes: the names and the heads' class count change together."""
+def with_class_names(cfg: Config, class_names: Sequence[str], category_ids: Sequence[int] = ()) -> Config:
+    """``cfg`` for another set of classes: the names, their dataset ids (() = the default rule of
+    :func:`gcnet.structures.category_ids_for`) and the heads' class count change together."""
     roi = dataclasses.replace(cfg.model.roi, num_classes=len(class_names))
-    return dataclasses.replace(cfg, class_names=tuple(class_names), model=dataclasses.replace(cfg.model, roi=roi))
+    model = dataclasses.replace(cfg.model, roi=roi)
+    return dataclasses.replace(cfg, class_names=tuple(class_names), category_ids=tuple(category_ids), model=model)
 
 
 # --- plain data: checkpoints and overrides ----------------------------------------------------------
@@ -270,7 +282,8 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     Values are Python literals parsed as the field's type (bare text for strings: ``norm=syncbn``).
     All overrides are applied to the plain data first and the config is built and checked once,
     so that settings that must agree (depth and the neck's channels) can change together.
-    Setting ``class_names`` sets ``model.roi.num_classes`` to their count.
+    Setting ``class_names`` sets ``model.roi.num_classes`` to their count (and clears
+    ``category_ids`` of another count).
     """
     data = config_to_dict(cfg)
     for item in overrides:
@@ -281,6 +294,8 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         names = data["class_names"]
         if path.split(".")[0] == "class_names" and isinstance(names, (list, tuple)) and names:
             data["model"]["roi"]["num_classes"] = len(names)
+            if len(data["category_ids"]) != len(names):  # ids of the old classes: back to the default rule
+                data["category_ids"] = []
     return config_from_dict(data)
 
 

@@ -293,7 +293,7 @@ class CocoWriter:
 
     def __init__(self, model: torch.nn.Module, detections: Path, images: Path) -> None:
         class_names = tuple(getattr(model, "class_names", ()))
-        self.cat_ids = category_ids(class_names)
+        self.cat_ids = list(getattr(model, "category_ids", ()) or category_ids(class_names))
         self.categories = [{"id": c, "name": n} for c, n in zip(self.cat_ids, class_names)]
         self.paths = detections, images
         self.records: list[dict[str, Any]] = []

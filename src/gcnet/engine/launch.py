@@ -26,6 +26,7 @@ from gcnet.engine.distributed import as_rank_lost, barrier, init_distributed, re
 from gcnet.engine.logger import LOG_FILE
 from gcnet.engine.trainer import EvaluateFn, Trainer, TrainingStopped, seed_everything
 from gcnet.models.detector import TwoStageDetector, build_model
+from gcnet.structures import category_ids_for
 
 
 def train(
@@ -92,7 +93,7 @@ def train(
         )
         resuming = resume and bool(checkpointer.resume_candidates())
         imagenet = cfg.train.load_from is None and not resuming  # else the weights are overwritten
-        model = build_model(cfg.model, cfg.class_names, load_pretrained=imagenet)
+        model = build_model(cfg.model, cfg.class_names, load_pretrained=imagenet, category_ids=cfg.category_ids)
         trainer = Trainer(
             model,
             dataset,
@@ -203,10 +204,12 @@ def with_dataset_classes(cfg: Config) -> Config:
         return cfg
     categories = sorted(read_coco_json(cfg.data.train_ann)["categories"], key=lambda c: c["id"])
     names = tuple(str(c["name"]) for c in categories)
+    ids = tuple(int(c["id"]) for c in categories)
+    recorded = () if list(ids) == category_ids_for(names) else ids  # () where the default rule gives them
     if names == cfg.class_names:
-        return cfg
+        return cfg if recorded == cfg.category_ids else with_class_names(cfg, names, recorded)
     print(
         f"training on the {len(names)} categories of {cfg.data.train_ann} instead of the config's "
         f"{len(cfg.class_names)}"
     )
-    return with_class_names(cfg, names)
+    return with_class_names(cfg, names, recorded)

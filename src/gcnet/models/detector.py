@@ -6,6 +6,8 @@ mmdetection checkpoint's ``state_dict`` loads with no renaming.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -15,7 +17,7 @@ from gcnet.models.neck import FPN
 from gcnet.models.roi import CascadeRoIHead, StandardRoIHead
 from gcnet.models.rpn import RPNHead, RPNLoss, RPNProposals
 from gcnet.models.tta import flip_tta
-from gcnet.structures import Detections, ImageMeta, Targets
+from gcnet.structures import Detections, ImageMeta, Targets, category_ids_for
 
 DetectorOutput = dict[str, Tensor] | list[Detections]
 
@@ -23,12 +25,18 @@ DetectorOutput = dict[str, Tensor] | list[Detections]
 class TwoStageDetector(nn.Module):
     """Mask R-CNN (one RoI stage) or Cascade Mask R-CNN (three), chosen by ``cfg.roi.stages``."""
 
-    def __init__(self, cfg: ModelConfig, class_names: tuple[str, ...] = COCO_CLASSES) -> None:
+    def __init__(
+        self, cfg: ModelConfig, class_names: tuple[str, ...] = COCO_CLASSES, category_ids: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         if len(class_names) != cfg.roi.num_classes:
             raise ValueError(f"{len(class_names)} class names given for a head with {cfg.roi.num_classes} classes")
         self.cfg = cfg
         self.class_names = tuple(class_names)
+        if category_ids and len(category_ids) != len(class_names):
+            raise ValueError(f"{len(category_ids)} category ids given for {len(class_names)} class names")
+        # what results files call each class: the training set's ids (travel with the weights, as the names)
+        self.category_ids = tuple(int(c) for c in category_ids) or tuple(category_ids_for(class_names))
         self.backbone = ResNet(cfg.backbone)
         self.neck = FPN(cfg.neck)
         self.rpn_head = RPNHead(cfg.rpn)
@@ -89,10 +97,11 @@ def build_model(
     cfg: ModelConfig,
     class_names: tuple[str, ...] = COCO_CLASSES,
     load_pretrained: bool = False,
+    category_ids: Sequence[int] = (),
 ) -> TwoStageDetector:
     """Build the detector for ``cfg``; with ``load_pretrained`` the backbone starts from the ImageNet
     weights named by ``cfg.backbone.pretrained`` (as the original starts training)."""
-    model = TwoStageDetector(cfg, class_names)
+    model = TwoStageDetector(cfg, class_names, category_ids)
     if load_pretrained and cfg.backbone.pretrained:
         load_imagenet_weights(model.backbone, cfg.backbone.pretrained)
     return model
