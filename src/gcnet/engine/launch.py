@@ -113,18 +113,13 @@ def train(
         finished = True
         return final
     except RuntimeError as err:
-        lost = (
-            None
-            if isinstance(err, TrainingStopped)
-            else as_rank_lost(err, cfg.train.dist_timeout_s, _resume_hint(checkpointer))
-        )
-        if lost is None and not isinstance(err, TrainingStopped):
-            died = _loader_worker_died(err, checkpointer)
-            if died is not None:
-                raise died from err
-        if lost is None:
+        if isinstance(err, TrainingStopped):
             raise
-        raise lost from err
+        said: RuntimeError | None = as_rank_lost(err, cfg.train.dist_timeout_s, _resume_hint(checkpointer))
+        said = said or _loader_worker_died(err, checkpointer)
+        if said is None:
+            raise
+        raise said from err
     finally:
         if owns_group:  # every rank reaches the barrier only after a normal finish
             teardown_distributed(barrier=finished)
