@@ -18,7 +18,7 @@ from torch import Tensor
 from gcnet.image_io import load_image
 from gcnet.masks import BoxMasks, row_index
 from gcnet.models.config import COCO_CLASSES
-from gcnet.visualise import draw_detections
+from gcnet.visualise import draw_detections, save_visualisation
 
 DEFAULT_SIZE_DIVISOR = 32
 
@@ -202,10 +202,7 @@ class Detections:
         mask_alpha: float = 0.45,
     ) -> Path:
         """Write :meth:`plot`'s drawing to ``path`` (format from its suffix); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draw_detections(self._canvas(image), self, score_thr, mask_alpha).save(path)
-        return path
+        return save_visualisation(self._canvas(image), self, path, score_thr, mask_alpha)
 
     def _canvas(self, image: np.ndarray | None) -> np.ndarray:
         if image is not None:

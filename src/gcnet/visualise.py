@@ -9,6 +9,7 @@ Takes anything shaped like ``gcnet.structures.Detections`` (:class:`Drawable`), 
 from __future__ import annotations
 
 import colorsys
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -90,9 +91,15 @@ def draw_detections(
     return out
 
 
-def save_visualisation(image: np.ndarray, detections: Drawable, path: str | Path, score_thr: float = 0.3) -> Path:
+def save_visualisation(
+    image: np.ndarray,
+    detections: Drawable,
+    path: str | os.PathLike[str],
+    score_thr: float = 0.3,
+    mask_alpha: float = 0.45,
+) -> Path:
     """Draw and write an image file (format from the suffix, e.g. PNG); returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_detections(image, detections, score_thr).save(path)
+    draw_detections(image, detections, score_thr, mask_alpha).save(path)
     return path
