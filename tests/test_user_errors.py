@@ -432,7 +432,8 @@ def test_predict_disk_full_midway_names_the_file_and_keeps_the_rest(ckpt, tmp_pa
 
 
 def test_predict_interrupted_keeps_what_was_done(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    _breaks_on_second_call(monkeypatch, gcnet.inference, "predict", KeyboardInterrupt())
+    # the second image's detection is interrupted (Ctrl-C while the model runs)
+    _breaks_on_second_call(monkeypatch, gcnet.inference._Run, "detect_images", KeyboardInterrupt())
     out = tmp_path / "preds"
     assert _predict(ckpt, out, _image(tmp_path / "a.png"), _image(tmp_path / "b.png", seed=1)) == 130
     assert "gcnet predict: interrupted" in capsys.readouterr().err

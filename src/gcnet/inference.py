@@ -189,12 +189,20 @@ class _Run:
     tile: int | None
     tile_overlap: float
 
-    def stream(self, inputs: Iterable[_Input], window: int) -> Iterator[Detections]:
-        """Detections of ``inputs`` in order, decoding ahead while ``window`` images at a time
-        are detected; the model is put back in its own train/eval mode when this ends."""
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The model in eval mode for the block, then back in its own train/eval mode."""
         was_training = self.model.training
         self.model.eval()
         try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def stream(self, inputs: Iterable[_Input], window: int) -> Iterator[Detections]:
+        """Detections of ``inputs`` in order, decoding ahead while ``window`` images at a time
+        are detected; the model is put back in its own train/eval mode when this ends."""
+        with self.evaluating():
             pending: list[tuple[_Input, np.ndarray]] = []
             decoded = prefetch(inputs, _decode, depth=window)
             with contextlib.closing(decoded):  # the decoding thread stops with the loop, however it ends
@@ -206,17 +214,18 @@ class _Run:
                         yield from self._window(pending)
                         pending = []
             yield from self._window(pending)
-        finally:
-            self.model.train(was_training)
 
     def _window(self, pending: list[tuple[_Input, np.ndarray]]) -> Iterator[Detections]:
-        rgbs = [rgb for _, rgb in pending]
-        dets = self.detect(rgbs) if self.tile is None else [self._tiled(rgb, self.tile) for rgb in rgbs]
+        dets = self.detect_images([rgb for _, rgb in pending])
         for (item, rgb), det in zip(pending, dets):
             if item.path is None:
                 yield dataclasses.replace(det, image=rgb)
             else:
                 yield dataclasses.replace(det, path=str(item.path))
+
+    def detect_images(self, rgbs: Sequence[np.ndarray]) -> list[Detections]:
+        """One image's detections per decoded array: whole images, or tiled when ``tile`` is set."""
+        return self.detect(rgbs) if self.tile is None else [self._tiled(rgb, self.tile) for rgb in rgbs]
 
     def detect(self, rgbs: Sequence[np.ndarray]) -> list[Detections]:
         """One image's detections per array, batching same-padded-size images."""
@@ -363,9 +372,10 @@ def predict_to_dir(
     coco = CocoWriter(model, out_dir / "detections.json", out_dir / "images.json")
     skipped: list[str] = []
     start = time.perf_counter()
+    run = _Run(model, data_cfg, batch_size, None, tile, tile_overlap)  # images come decoded: no second prefetch
 
     def flush(batch: list[tuple[int, np.ndarray]]) -> None:
-        dets = predict(model, [rgb for _, rgb in batch], data_cfg, batch_size, tile=tile, tile_overlap=tile_overlap)
+        dets = run.detect_images([rgb for _, rgb in batch])
         for (index, rgb), det in zip(batch, dets):
             det = det.filter(score_thr)
             with naming(out_dir / names_out[index]):
@@ -380,7 +390,7 @@ def predict_to_dir(
             coco.add(det, entry)
             bar.update()
 
-    with coco.kept(), tqdm(total=len(images), desc="predict", unit="img", dynamic_ncols=True) as bar:
+    with run.evaluating(), coco.kept(), tqdm(total=len(images), desc="predict", unit="img", dynamic_ncols=True) as bar:
         batch: list[tuple[int, np.ndarray]] = []
         decoded = prefetch(range(len(images)), lambda i: to_rgb_array(images[i]), depth=2 * batch_size)
         with contextlib.closing(decoded):  # the decoding thread stops with the loop, however it ends
