@@ -77,6 +77,7 @@ def test_zoo_config_checkpoint_round_trip(name: str, tmp_path: Path, tiny_coco, 
     assert (out / "detections.json").is_file() and (out / "000001.png").is_file()
     assert main(["test", name, "--checkpoint", str(path), "--data", str(ann), "--images", str(images), *SMALL]) == 0
     assert "error" not in capsys.readouterr().err
+    path.unlink()  # a full-size file per row (19 rows, ~5 GB): pytest keeps its last runs' temp dirs
 
 
 DCN_NAMES = [n for n in ZOO if ZOO[n].config.model.backbone.dcn_stages != (False,) * 4]
