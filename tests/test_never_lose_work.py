@@ -317,3 +317,49 @@ def test_a_killed_loader_worker_stops_train_in_one_line_and_keeps_its_checkpoint
     assert "Traceback" not in stderr and len(errors) == 1, stderr[-2000:]
     assert "DataLoader worker" in errors[0] and "--resume continues from" in errors[0]
     assert torch.load(work / "latest.pth", weights_only=True)["global_step"] >= 1
+
+
+def _loader_raising_on_sigchld(signum: int, frame: object) -> None:
+    raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGCHLD"), reason="POSIX signals")
+def test_a_worker_death_during_a_checkpoint_write_lands_after_the_file_is_whole(tmp_path: Path, monkeypatch) -> None:
+    """torch's loader raises from its SIGCHLD handler; one arriving mid-``torch.save`` used to abort
+    the write with a zip error. Now the checkpoint is written whole, then the loader's error is raised."""
+    from gcnet.engine import checkpointer as checkpointer_module
+    from gcnet.engine.checkpointer import Checkpointer
+
+    real_save = checkpointer_module.save_checkpoint
+
+    def save_with_a_worker_dying(path, model, meta, **extra):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGCHLD)  # delivered here, mid-write, were it not deferred
+        return real_save(path, model, meta, **extra)
+
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save_with_a_worker_dying)
+    previous = signal.signal(signal.SIGCHLD, _loader_raising_on_sigchld)
+    try:
+        ckpt = Checkpointer(tmp_path / "work")
+        with pytest.raises(RuntimeError, match=r"^DataLoader worker \(pid 4242\)"):
+            ckpt.save(torch.nn.Linear(2, 2), {}, {"global_step": 3}, epoch_file=1)
+        assert signal.getsignal(signal.SIGCHLD) is _loader_raising_on_sigchld
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    for name in ("epoch_1.pth", "latest.pth"):
+        assert torch.load(tmp_path / "work" / name, weights_only=True)["global_step"] == 3
+
+
+def test_a_loader_death_under_another_error_is_still_told_as_the_worker_died(tmp_path: Path) -> None:
+    """Raised while handling the loader's error (a write it cut short), the outer error is not the story."""
+    from gcnet.engine.checkpointer import Checkpointer
+    from gcnet.engine.launch import _loader_worker_died
+
+    try:
+        try:
+            _loader_raising_on_sigchld(signal.SIGINT, None)
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1097152")  # noqa: B904 (implicit context, as torch raises it)
+    except RuntimeError as outer:
+        said = _loader_worker_died(outer, Checkpointer(tmp_path))
+    assert said is not None and str(said).startswith("DataLoader worker (pid 4242) is killed by signal: Killed:")
+    assert _loader_worker_died(RuntimeError("CUDA out of memory"), Checkpointer(tmp_path)) is None

@@ -11,10 +11,14 @@ model for test / predict / fine-tuning; resume never reads it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,28 @@ LATEST = "latest.pth"
 BEST = "best.pth"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
 _TRAINING_KEYS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "iter")
+
+
+@contextlib.contextmanager
+def loader_signal_deferred() -> Iterator[None]:
+    """Hold off the SIGCHLD handler while a checkpoint is written, then run it once if one came.
+
+    torch's DataLoader raises from its SIGCHLD handler when a worker dies; landing inside
+    ``torch.save`` that raise aborts the write and surfaces as a zip-writer error instead of the
+    worker's death. Deferred, the file is written whole first, and the loader's error follows it.
+    """
+    sigchld = getattr(signal, "SIGCHLD", None)
+    if sigchld is None or threading.current_thread() is not threading.main_thread():
+        yield  # no SIGCHLD (Windows), or handlers can't be set off the main thread
+        return
+    arrived: list[Any] = []
+    previous = signal.signal(sigchld, lambda signum, frame: arrived.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(sigchld, previous)
+    if arrived and callable(previous):
+        previous(sigchld, arrived[0])
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -131,15 +157,17 @@ class Checkpointer:
         if not self.is_main:
             return target
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(target, model, meta, **extra)
-        if epoch_file is not None:
-            atomic_copy(target, self.latest)
+        with loader_signal_deferred():
+            save_checkpoint(target, model, meta, **extra)
+            if epoch_file is not None:
+                atomic_copy(target, self.latest)
         return target
 
     def save_best(self, model: nn.Module, meta: dict[str, Any]) -> Path:
         """Write ``best.pth`` (weights and ``meta``, atomically; rank 0 only)."""
         if self.is_main:
-            save_checkpoint(self.best, model, meta)
+            with loader_signal_deferred():
+                save_checkpoint(self.best, model, meta)
         return self.best
 
     def load(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -150,8 +150,14 @@ class LoaderWorkerDied(RuntimeError):
 
 
 def _loader_worker_died(err: RuntimeError, checkpointer: Checkpointer) -> LoaderWorkerDied | None:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if not _WORKER_DIED.match(first):
+    """The one-line story when ``err``, or an error it was raised while handling, is the loader's."""
+    seen: BaseException | None = err
+    while seen is not None:
+        first = (str(seen).strip().splitlines() or [""])[0]
+        if _WORKER_DIED.match(first):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
         return None
     return LoaderWorkerDied(
         f"{first.rstrip('.')}: a data loading worker died (a SIGKILL is most often the out-of-memory "
