@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,6 +97,29 @@ def test_exported_glue_is_the_eager_code(setup):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
         assert torch.equal(a.masks.full(), b.masks.full())
     assert out[0].class_names == ref[0].class_names
+
+
+def test_exported_detector_runs_the_flip_tta_of_its_detector(setup):
+    """``model.test_flip`` holds for the exported detector too: with the eager modules as parts it
+    equals the eager detector's flip TTA to the bit, and differs from one view."""
+    model, images, metas, ref = setup
+    flipping = copy.deepcopy(model)
+    flipping.cfg = dataclasses.replace(model.cfg, test_flip=True)
+    with torch.no_grad():
+        expected = flipping(images, metas)
+    eager = export.detector_parts(flipping)
+    heads = lambda prefix: [eager[n] for n in sorted(eager) if n.startswith(prefix)]  # noqa: E731
+    parts = export.DetectorParts(
+        features=eager["features"], bbox_heads=heads("bbox_head"), mask_heads=heads("mask_head")
+    )
+    out = export.ExportedDetector(flipping, parts)(images, metas)
+    assert [len(d) for d in out] != [len(d) for d in ref] or any(
+        not torch.equal(a.boxes, b.boxes) for a, b in zip(out, ref)
+    )
+    for a, b in zip(expected, out):
+        for name in ("boxes", "scores", "labels"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(a.masks.full(), b.masks.full())
 
 
 class _RejectsEmptyBatch:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from gcnet.checkpoint import unwrap_model
 from gcnet.models.detector import TwoStageDetector
+from gcnet.models.tta import flip_tta
 from gcnet.structures import Detections, ImageMeta
 
 PartFn = Callable[[Tensor], tuple[Tensor, ...]]
@@ -282,7 +283,7 @@ class ExportedDetector(nn.Module):
 
     The RPN's proposal selection (the detector's ``rpn_proposals``, test limits) and the RoI head
     (RoIAlign, scores, NMS, cascade refinement, mask pasting) run eagerly; only their heads are
-    swapped for the parts.
+    swapped for the parts. The detector's ``test_flip`` holds here too (the parts run twice).
     """
 
     def __init__(self, detector: TwoStageDetector, parts: DetectorParts) -> None:
@@ -290,6 +291,8 @@ class ExportedDetector(nn.Module):
         self.rpn_proposals = detector.rpn_proposals
         self.class_names = getattr(detector, "class_names", ())
         self.num_levels = len(detector.cfg.rpn.strides)
+        self.test_flip = detector.cfg.test_flip
+        self.roi_cfg = detector.cfg.roi
         self.features = parts.features
         self.roi_head = self._swap_heads(detector.roi_head, parts)
 
@@ -315,6 +318,13 @@ class ExportedDetector(nn.Module):
     def forward(self, images: Tensor, metas: list[ImageMeta]) -> list[Detections]:
         if len(metas) != images.shape[0]:
             raise ValueError(f"ExportedDetector: {images.shape[0]} images but {len(metas)} metas")
+        if self.test_flip:
+            roi = self.roi_cfg
+            return flip_tta(self.predict, images, metas, roi.nms_iou, roi.class_agnostic_nms, roi.max_per_img)
+        return self.predict(images, metas)
+
+    def predict(self, images: Tensor, metas: list[ImageMeta]) -> list[Detections]:
+        """Detections of one view of the batch, as :meth:`TwoStageDetector.predict`."""
         outs = self.features(images)
         n = self.num_levels
         if len(outs) != 3 * n:
