@@ -19,7 +19,7 @@ from gcnet.config import config_to_dict
 from gcnet.errors import UserError
 from gcnet.inference import predict, predict_to_dir
 from gcnet.prefetch import Failed, prefetch
-from gcnet.tiling import merge_tiles, tile_windows
+from gcnet.tiling import drop_cut, merge_tiles, tile_windows
 from tiny_models import tiny_config, tiny_detector
 
 CFG = tiny_config().data  # test scale 128x96
@@ -130,10 +130,14 @@ def test_tiles_are_the_full_image_and_its_windows_merged(model) -> None:
     assert len(windows) == 2 * 2
     crops = [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
     parts = [predict(model, np.ascontiguousarray(c), CFG)[0] for c in crops]  # one at a time
-    expected = merge_tiles(parts, [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows], (96, 112))
-    _same(tiled, expected)
+    offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
+    uncut = [parts[0]] + [drop_cut(part, window, (96, 112)) for part, window in zip(parts[1:], windows)]
+    assert sum(map(len, uncut)) < sum(map(len, parts))  # the random model has boxes at window edges
+    _same(tiled, merge_tiles(uncut, offsets, (96, 112)))
     assert tiled.masks is not None and tiled.masks.shape == (len(tiled), 96, 112)
     assert len(tiled) > len(parts[0])  # the windows added detections of their own
+    kept = predict(model, image, CFG, batch_size=4, tile=64, tile_overlap=0.25, tile_drop_cut=False)[0]
+    _same(kept, merge_tiles(parts, offsets, (96, 112)))
     small = _array(50, 60, 5)  # fits one window: the plain prediction
     _same(predict(model, small, CFG, tile=64)[0], predict(model, small, CFG)[0])
 
@@ -188,9 +192,15 @@ def test_cli_tile_and_batch_size_reach_the_prediction(tmp_path) -> None:
     Image.fromarray(image).save(tmp_path / "big.png")
     argv = ["predict", str(ckpt), str(tmp_path / "big.png"), "--out", str(tmp_path / "out"), "--score-thr", "0"]
     tiling = ["--tile", "64", "--tile-overlap", "0.25", "--batch-size", "3"]
-    assert main([*argv, *tiling, "--set", "model.roi.score_thr=-1"]) == 0  # as the model was built
-    records = json.loads((tmp_path / "out" / "detections.json").read_text())
-    expected = predict(model, image, cfg.data, tile=64, tile_overlap=0.25)[0]
-    assert len(records) == len(expected) > len(predict(model, image, cfg.data)[0])
-    assert sorted(r["score"] for r in records) == pytest.approx(sorted(expected.scores.tolist()), abs=1e-5)
+    cut, whole = (
+        len(predict(model, image, cfg.data, tile=64, tile_overlap=0.25, tile_drop_cut=d)[0]) for d in (False, True)
+    )
+    assert cut > whole  # so the flag shows in the records
+    for keep_cut in (False, True):
+        flags = ["--tile-keep-cut"] if keep_cut else []
+        assert main([*argv, *tiling, *flags, "--set", "model.roi.score_thr=-1"]) == 0  # as the model was built
+        records = json.loads((tmp_path / "out" / "detections.json").read_text())
+        expected = predict(model, image, cfg.data, tile=64, tile_overlap=0.25, tile_drop_cut=not keep_cut)[0]
+        assert len(records) == len(expected) > len(predict(model, image, cfg.data)[0])
+        assert sorted(r["score"] for r in records) == pytest.approx(sorted(expected.scores.tolist()), abs=1e-5)
     assert main([*argv, "--tile", "0"]) == 2  # a usage error, one line

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from gcnet.masks import BoxMasks
 from gcnet.structures import Detections
-from gcnet.tiling import merge_detections, merge_tiles, tile_windows
+from gcnet.tiling import drop_cut, merge_detections, merge_tiles, tile_windows
 
 
 def _coverage(height: int, width: int, windows: list[tuple[int, int, int, int]]) -> Tensor:
@@ -179,3 +179,42 @@ def test_tiles_find_small_objects_the_full_image_pass_misses() -> None:
     assert sorted(merged.boxes.tolist()) == expected
     assert merged.masks is not None
     assert torch.equal(merged.masks.full().any(0), image > 0)
+
+
+def test_drop_cut_removes_what_touches_an_inner_window_edge_only() -> None:
+    # window (100, 0)-(164, 64) of a 64 x 300 image: its left and right edges are inside the image,
+    # its top and bottom edges are the image's
+    window = (100, 0, 164, 64)
+    det = _dets(
+        [[0.5, 10, 9, 20], [30, 0, 40, 10], [55, 30, 63.5, 40], [20, 54, 30, 64], [20, 20, 30, 30]],
+        [0.9, 0.8, 0.7, 0.6, 0.5],
+        [0, 0, 1, 1, 0],
+        (64, 64),
+    )
+    kept = drop_cut(det, window, (64, 300))
+    assert kept.boxes.tolist() == [[30, 0, 40, 10], [20, 54, 30, 64], [20, 20, 30, 30]]
+    assert kept.masks is not None and len(kept.masks) == 3
+    # the first window of the row has the image's left edge: a box there stays
+    assert len(drop_cut(det, (0, 0, 64, 64), (64, 300))) == 4
+    assert len(drop_cut(det, (0, 0, 64, 64), (64, 64))) == 5  # a window that is the whole image
+    assert len(drop_cut(det, window, (64, 300), margin=0.4)) == 5  # 0.5 and 63.5 px: farther than 0.4 px
+
+
+def test_objects_cut_by_window_edges_are_found_once_whole() -> None:
+    """8 px squares across inner window edges: each window that cuts one sees a part of it, which
+    IoU-NMS leaves beside the whole box; dropped first, every object is found once and whole."""
+    height = width = 512
+    size, overlap = 128, 0.25  # windows start every 96 px: edges at 96, 128, 192, 224, ...
+    windows = tile_windows(height, width, size, overlap)
+    corners = [(124, 50), (50, 220), (188, 300), (220, 220), (316, 400)]  # each crosses an edge
+    image = torch.zeros((height, width))
+    for x, y in corners:
+        image[y : y + 8, x : x + 8] = 1.0
+    parts = [_stand_in_detector(image)] + [_stand_in_detector(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows]
+    offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
+    expected = sorted([float(x), float(y), x + 8.0, y + 8.0] for x, y in corners)
+
+    kept_all = merge_tiles(parts, offsets, (height, width))
+    assert len(kept_all) > len(corners)  # the cut parts survive IoU-NMS
+    dropped = parts[:1] + [drop_cut(p, w, (height, width)) for p, w in zip(parts[1:], windows)]
+    assert sorted(merge_tiles(dropped, offsets, (height, width)).boxes.tolist()) == expected

@@ -121,7 +121,8 @@ def cli_predict(args: argparse.Namespace) -> int:
     overrides = _postprocess_overrides(args)
     built = build(args.config, args.checkpoint, overrides=overrides, device=default_device(args.device), fast=args.fast)
     skips = _Skips("predict")
-    work = {"batch_size": args.batch_size, "tile": args.tile, "tile_overlap": args.tile_overlap}
+    tiling = {"tile": args.tile, "tile_overlap": args.tile_overlap, "tile_drop_cut": not args.tile_keep_cut}
+    work = {"batch_size": args.batch_size, **tiling}
     done = broken = 0
     if images:
         out = predict_to_dir(built.model, images, args.out, built.config.data, args.score_thr, on_skip=skips, **work)
@@ -510,6 +511,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="F",
         help="the share of a window its neighbour overlaps (default 0.2)",
+    )
+    p.add_argument(
+        "--tile-keep-cut",
+        action="store_true",
+        help="keep a window's detections that reach its edges inside the image (objects it cut, "
+        "dropped by default: they are whole in a neighbour or the full image), as SAHI does",
     )
     _add_postprocess_options(p)
 

@@ -30,7 +30,7 @@ from gcnet.paths import check_output_dir, naming, write_json
 from gcnet.prefetch import Failed, prefetch
 from gcnet.structures import COCO_CATEGORY_IDS, Detections  # noqa: F401 (re-exported)
 from gcnet.structures import category_ids_for as category_ids
-from gcnet.tiling import merge_tiles, tile_windows
+from gcnet.tiling import drop_cut, merge_tiles, tile_windows
 from gcnet.visualise import save_visualisation
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -123,6 +123,7 @@ def predict(
     stream: Literal[False] = ...,
     tile: int | None = ...,
     tile_overlap: float = ...,
+    tile_drop_cut: bool = ...,
 ) -> list[Detections]: ...
 
 
@@ -137,6 +138,7 @@ def predict(
     stream: Literal[True],
     tile: int | None = ...,
     tile_overlap: float = ...,
+    tile_drop_cut: bool = ...,
 ) -> Iterator[Detections]: ...
 
 
@@ -150,6 +152,7 @@ def predict(
     stream: bool = False,
     tile: int | None = None,
     tile_overlap: float = 0.2,
+    tile_drop_cut: bool = True,
 ) -> list[Detections] | Iterator[Detections]:
     """Detect objects in ``images`` with the test pipeline of ``data_cfg``.
 
@@ -169,10 +172,12 @@ def predict(
     ``tile`` (pixels): also detect in overlapping ``tile`` x ``tile`` windows (neighbours share
     ``tile_overlap`` of a window) and merge them with the full image's detections by NMS (SAHI's
     standard + sliced prediction; see :mod:`gcnet.tiling`), to find objects too small at the
-    detector's scale. ``dtype`` (``torch.bfloat16`` / ``torch.float16``) runs under autocast.
+    detector's scale. A window's detections that reach one of its edges inside the image (objects it
+    cut, whole in a neighbour or the full image) are dropped first, unless ``tile_drop_cut=False``
+    (SAHI's way). ``dtype`` (``torch.bfloat16`` / ``torch.float16``) runs under autocast.
     """
     _check_options(batch_size, tile, tile_overlap)
-    run = _Run(model, data_cfg, batch_size, dtype, tile, tile_overlap)
+    run = _Run(model, data_cfg, batch_size, dtype, tile, tile_overlap, tile_drop_cut)
     if stream:
         return run.stream(_inputs(images), window=batch_size)
     return list(run.stream(list(_inputs(images)), window=8 * batch_size))
@@ -188,6 +193,7 @@ class _Run:
     dtype: torch.dtype | None
     tile: int | None
     tile_overlap: float
+    tile_drop_cut: bool = True
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -250,6 +256,8 @@ class _Run:
         crops = [rgb] + [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
         chunk = 8 * self.batch_size  # preprocessed windows held at a time
         parts = [det for start in range(0, len(crops), chunk) for det in self.detect(crops[start : start + chunk])]
+        if self.tile_drop_cut:
+            parts[1:] = [drop_cut(part, window, (height, width)) for part, window in zip(parts[1:], windows)]
         offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
         return merge_tiles(parts, offsets, (height, width))
 
@@ -350,6 +358,7 @@ def predict_to_dir(
     batch_size: int = 1,
     tile: int | None = None,
     tile_overlap: float = 0.2,
+    tile_drop_cut: bool = True,
 ) -> PredictOutput:
     """Predict each image into ``out_dir``: a PNG per image (masks, boxes, names, scores) and two
     jsons that ``pycocotools.coco.COCO("images.json").loadRes("detections.json")`` reads.
@@ -372,7 +381,9 @@ def predict_to_dir(
     coco = CocoWriter(model, out_dir / "detections.json", out_dir / "images.json")
     skipped: list[str] = []
     start = time.perf_counter()
-    run = _Run(model, data_cfg, batch_size, None, tile, tile_overlap)  # images come decoded: no second prefetch
+    run = _Run(
+        model, data_cfg, batch_size, None, tile, tile_overlap, tile_drop_cut
+    )  # images come decoded: no second prefetch
 
     def flush(batch: list[tuple[int, np.ndarray]]) -> None:
         dets = run.detect_images([rgb for _, rgb in batch])

@@ -8,6 +8,11 @@ overlap, detecting in each at the detector's own scale and merging the results b
 along each axis they start at 0 and step by ``size - int(overlap * size)``; the last one is moved
 back to end at the image edge, so no window is smaller than ``size`` unless the image is.
 
+A window cuts the objects that cross its inner edges; their partial boxes overlap the whole box
+(from the neighbour that overlaps it, or the full-image pass) too little for IoU-NMS to remove
+them. :func:`drop_cut` removes a window's detections that reach an edge it shares with the rest of
+the image before the merge (what SAHI's intersection-over-smaller matching is meant for).
+
 :func:`merge_detections` is the one merge of several views of the same image (tiles here,
 flipped views in :mod:`gcnet.models.tta`): concatenate, NMS, keep the best.
 """
@@ -52,6 +57,26 @@ def tile_windows(height: int, width: int, size: int, overlap: float) -> list[Win
     rows = _starts(height, size, step)
     columns = _starts(width, size, step)
     return [(x0, y0, x1, y1) for y0, y1 in rows for x0, x1 in columns]
+
+
+def drop_cut(det: Detections, window: Window, image_shape: tuple[int, int], margin: float = 2.0) -> Detections:
+    """``det`` (in the window's pixels) without the detections whose box comes within ``margin`` px
+    of an edge of ``window`` that lies inside the ``image_shape`` (H, W) image: objects the window
+    cut. One smaller than the windows' overlap lies whole in a neighbour; a larger one is left to
+    the full-image pass. Edges on the image border keep theirs."""
+    x0, y0, x1, y1 = window
+    height, width = image_shape
+    boxes = det.boxes
+    cut = torch.zeros(len(det), dtype=torch.bool, device=boxes.device)
+    if x0 > 0:
+        cut |= boxes[:, 0] <= margin
+    if y0 > 0:
+        cut |= boxes[:, 1] <= margin
+    if x1 < width:
+        cut |= boxes[:, 2] >= (x1 - x0) - margin
+    if y1 < height:
+        cut |= boxes[:, 3] >= (y1 - y0) - margin
+    return det[~cut]
 
 
 def merge_detections(

@@ -148,6 +148,7 @@ def predict_video(
     batch_size: int = 1,
     tile: int | None = None,
     tile_overlap: float = 0.2,
+    tile_drop_cut: bool = True,
     name: str | None = None,
 ) -> VideoOutput:
     """Predict every frame of ``path`` into ``out_dir``: ``name`` (default: the input's file name)
@@ -179,7 +180,16 @@ def predict_video(
         stream.width, stream.height, stream.pix_fmt = info.width, info.height, "yuv420p"
         bar = tqdm(total=info.frames, desc=info.path.name, unit="frame", dynamic_ncols=True)
         try:
-            dets = predict(model, source(), data_cfg, batch_size, stream=True, tile=tile, tile_overlap=tile_overlap)
+            dets = predict(
+                model,
+                source(),
+                data_cfg,
+                batch_size,
+                stream=True,
+                tile=tile,
+                tile_overlap=tile_overlap,
+                tile_drop_cut=tile_drop_cut,
+            )
             for index, det in enumerate(dets):
                 det = det.filter(score_thr)
                 drawn = av.VideoFrame.from_ndarray(det.plot(score_thr=score_thr), format="rgb24")  # on det.image
