@@ -140,8 +140,9 @@ def test_weights_only_refuses_code_execution(tmp_path):
         assert not marker.exists()
 
 
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])  # build maps, for a cheap config read
 @pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
-def test_original_layout_loads(tmp_path, zipfile):
+def test_original_layout_loads(tmp_path, zipfile, mmap):
     weights = {
         "module.backbone.conv1.weight": torch.arange(6.0).reshape(1, 6),
         "module.backbone.layer2.0.conv2_offset.weight": torch.full((2, 2), 3.0),
@@ -151,7 +152,7 @@ def test_original_layout_loads(tmp_path, zipfile):
     ckpt = original_layout(weights)
     path = tmp_path / "orig.pth"
     torch.save(ckpt, path, _use_new_zipfile_serialization=zipfile)
-    sd, meta = read_checkpoint(path)
+    sd, meta = read_checkpoint(path, mmap=mmap)
     assert meta == ckpt["meta"]
     # module. stripped; DCN keys as in the file (renamed on load, where the model says which are DCN)
     assert list(sd) == [

@@ -145,7 +145,7 @@ def resolve(
     state_dict = None
     cfg = named
     if path is not None:
-        state_dict, meta = read_checkpoint(path)
+        state_dict, meta = read_checkpoint(path, mmap=True)  # tensors read when loaded, if at all
         recorded, names = _recorded(meta, path)
         if recorded is not None:
             if named is not None and (diff := _model_and_test_diff(named, recorded)):

@@ -130,9 +130,12 @@ def _allow(extra: Sequence[Any]) -> Iterator[None]:
             serialization.add_safe_globals(keep)
 
 
-def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence[Any] = ()) -> Any:
+def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence[Any] = (), mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with numpy metadata allowed; any failure becomes a
-    :class:`CheckpointError` naming the file (and the refused class, for hostile pickles)."""
+    :class:`CheckpointError` naming the file (and the refused class, for hostile pickles).
+
+    ``mmap`` maps a zip checkpoint's tensors from the file instead of reading them (a reader of its
+    config pays for the pickle alone); a legacy pickle is read whole either way."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -143,7 +146,7 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu", trusted: Sequence
     trusted_named = [_named(*g) if isinstance(g, tuple) else g for g in trusted]
     try:
         with _allow([*_numpy_safe_globals(), *trusted_named]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and head.startswith(b"PK"))
     except pickle.UnpicklingError as err:
         name = _refused_global(str(err))
         if name is None:
@@ -211,16 +214,17 @@ def _split(obj: Any, path: Path) -> tuple[Mapping[str, Any], dict]:
 
 
 def read_checkpoint(
-    path: PathLike, *, map_location: Any = "cpu", trusted_globals: Sequence[Any] = ()
+    path: PathLike, *, map_location: Any = "cpu", trusted_globals: Sequence[Any] = (), mmap: bool = False
 ) -> tuple[dict[str, Tensor], dict]:
     """``(state_dict, meta)`` of a published mmdetection file, a bare state dict, or our own file.
 
     Keys come back without DataParallel's ``module.``; legacy DCN keys are upgraded on load into a
     model (:func:`upgrade_legacy_dcn_keys`), where it is known which modules are deformable.
     ``trusted_globals`` lets a caller allow extra classes explicitly; nothing else is unpickled.
+    ``mmap``: see :func:`safe_torch_load`.
     """
     path = Path(path)
-    raw_sd, meta = _split(safe_torch_load(path, map_location, trusted_globals), path)
+    raw_sd, meta = _split(safe_torch_load(path, map_location, trusted_globals, mmap), path)
     state_dict: dict[str, Tensor] = OrderedDict()
     for key, value in raw_sd.items():
         if not isinstance(value, Tensor):
