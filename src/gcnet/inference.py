@@ -193,7 +193,7 @@ class _Run:
     dtype: torch.dtype | None
     tile: int | None
     tile_overlap: float
-    tile_drop_cut: bool = True
+    tile_drop_cut: bool
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -381,9 +381,8 @@ def predict_to_dir(
     coco = CocoWriter(model, out_dir / "detections.json", out_dir / "images.json")
     skipped: list[str] = []
     start = time.perf_counter()
-    run = _Run(
-        model, data_cfg, batch_size, None, tile, tile_overlap, tile_drop_cut
-    )  # images come decoded: no second prefetch
+    # the images come decoded: the runner detects them directly, with no second prefetch
+    run = _Run(model, data_cfg, batch_size, None, tile, tile_overlap, tile_drop_cut)
 
     def flush(batch: list[tuple[int, np.ndarray]]) -> None:
         dets = run.detect_images([rgb for _, rgb in batch])
