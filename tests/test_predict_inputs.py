@@ -123,23 +123,40 @@ def test_bad_inputs_fail_before_any_work_naming_the_item(model, tmp_path) -> Non
         predict(net, good, CFG, batch_size=0)
 
 
+def _tile_parts(model, image: np.ndarray, size: int, overlap: float):
+    """The full image's and each window's detections, one at a time, with the windows' offsets."""
+    windows = tile_windows(*image.shape[:2], size, overlap)
+    crops = [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+    parts = [predict(model, np.ascontiguousarray(c), CFG)[0] for c in crops]
+    return parts, windows, [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
+
+
 def test_tiles_are_the_full_image_and_its_windows_merged(model) -> None:
     image = _array(96, 112, 4)
     tiled = predict(model, image, CFG, batch_size=4, tile=64, tile_overlap=0.25)[0]
-    windows = tile_windows(96, 112, 64, 0.25)
+    parts, windows, offsets = _tile_parts(model, image, 64, 0.25)
     assert len(windows) == 2 * 2
-    crops = [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
-    parts = [predict(model, np.ascontiguousarray(c), CFG)[0] for c in crops]  # one at a time
-    offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
     uncut = [parts[0]] + [drop_cut(part, window, (96, 112)) for part, window in zip(parts[1:], windows)]
     assert sum(map(len, uncut)) < sum(map(len, parts))  # the random model has boxes at window edges
-    _same(tiled, merge_tiles(uncut, offsets, (96, 112)))
+    cap = model.cfg.roi.max_per_img  # --max-det holds for the merged image too
+    _same(tiled, merge_tiles(uncut, offsets, (96, 112), max_per_img=cap))
     assert tiled.masks is not None and tiled.masks.shape == (len(tiled), 96, 112)
-    assert len(tiled) > len(parts[0])  # the windows added detections of their own
+    assert len(tiled) == cap and not torch.equal(tiled.boxes, parts[0].boxes)  # windows' boxes among the best
     kept = predict(model, image, CFG, batch_size=4, tile=64, tile_overlap=0.25, tile_drop_cut=False)[0]
-    _same(kept, merge_tiles(parts, offsets, (96, 112)))
+    _same(kept, merge_tiles(parts, offsets, (96, 112), max_per_img=cap))
     small = _array(50, 60, 5)  # fits one window: the plain prediction
     _same(predict(model, small, CFG, tile=64)[0], predict(model, small, CFG)[0])
+
+
+def test_tiled_merge_follows_the_models_nms_settings() -> None:
+    """Class-agnostic NMS and the detection cap (0: all) apply across windows as within one."""
+    model = tiny_detector(score_thr=-1.0, max_per_img=0, class_agnostic_nms=True)
+    image = _array(96, 112, 4)
+    tiled = predict(model, image, CFG, tile=64, tile_overlap=0.25, tile_drop_cut=False)[0]
+    parts, _, offsets = _tile_parts(model, image, 64, 0.25)
+    _same(tiled, merge_tiles(parts, offsets, (96, 112), class_agnostic=True))
+    per_class = merge_tiles(parts, offsets, (96, 112))
+    assert len(tiled) < len(per_class) and len(tiled) > 10  # across classes suppressed; no cap
 
 
 def test_prefetch_keeps_order_hands_back_item_errors_and_reraises_the_source() -> None:
@@ -183,8 +200,8 @@ def test_predict_to_dir_batches_equal_singles_and_still_skips_the_unreadable(mod
 
 
 def test_cli_tile_and_batch_size_reach_the_prediction(tmp_path) -> None:
-    cfg = tiny_config()
-    model = tiny_detector(score_thr=-1.0)
+    cfg = tiny_config(max_per_img=0)  # no cap: the windows' detections all show
+    model = tiny_detector(score_thr=-1.0, max_per_img=0)
     ckpt = save_checkpoint(
         tmp_path / "tiny.pth", model, meta={"config": config_to_dict(cfg), "class_names": list(cfg.class_names)}
     )

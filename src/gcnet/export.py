@@ -291,8 +291,7 @@ class ExportedDetector(nn.Module):
         self.rpn_proposals = detector.rpn_proposals
         self.class_names = getattr(detector, "class_names", ())
         self.num_levels = len(detector.cfg.rpn.strides)
-        self.test_flip = detector.cfg.test_flip
-        self.roi_cfg = detector.cfg.roi
+        self.cfg = detector.cfg  # test_flip and the RoI settings, as on the detector
         self.features = parts.features
         self.roi_head = self._swap_heads(detector.roi_head, parts)
 
@@ -318,8 +317,8 @@ class ExportedDetector(nn.Module):
     def forward(self, images: Tensor, metas: list[ImageMeta]) -> list[Detections]:
         if len(metas) != images.shape[0]:
             raise ValueError(f"ExportedDetector: {images.shape[0]} images but {len(metas)} metas")
-        if self.test_flip:
-            roi = self.roi_cfg
+        if self.cfg.test_flip:
+            roi = self.cfg.roi
             return flip_tta(self.predict, images, metas, roi.nms_iou, roi.class_agnostic_nms, roi.max_per_img)
         return self.predict(images, metas)
 

@@ -26,6 +26,7 @@ from gcnet.data import DatasetError, collate, load_image, preprocess
 from gcnet.data.config import DataConfig
 from gcnet.errors import UserError, Warn, warn_line
 from gcnet.image_io import to_opencv_rgb
+from gcnet.models.config import RoIConfig
 from gcnet.paths import check_output_dir, naming, write_json
 from gcnet.prefetch import Failed, prefetch
 from gcnet.structures import COCO_CATEGORY_IDS, Detections  # noqa: F401 (re-exported)
@@ -259,7 +260,14 @@ class _Run:
         if self.tile_drop_cut:
             parts[1:] = [drop_cut(part, window, (height, width)) for part, window in zip(parts[1:], windows)]
         offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in windows]
-        return merge_tiles(parts, offsets, (height, width))
+        roi = _roi_config(self.model)  # the model's NMS and detection cap, applied across windows too
+        return merge_tiles(parts, offsets, (height, width), roi.nms_iou, roi.class_agnostic_nms, roi.max_per_img)
+
+
+def _roi_config(model: torch.nn.Module) -> RoIConfig:
+    """The RoI settings of ``model`` (a gcnet detector, compiled or exported), else the defaults."""
+    roi = getattr(getattr(model, "cfg", None), "roi", None)
+    return roi if isinstance(roi, RoIConfig) else RoIConfig()
 
 
 def _same_padded_size(samples: list, divisor: int, batch_size: int) -> Iterable[list[int]]:
