@@ -136,10 +136,8 @@ def resnet_backbone(
     ``syncbn`` is the "syncbn-backbone" variant (SyncBN, ``norm_eval=False``); ``gc_ratio`` adds
     ContextBlocks after conv3 in c3-c5; ``dcn`` makes conv2 of c3-c5 deformable (v1).
     """
-    if depth not in (50, 101, 152):
+    if depth not in (50, 101, 152):  # the zoo's bottleneck depths (BackboneConfig checks gc_ratio)
         raise ValueError(f"resnet_backbone: depth must be 50, 101 or 152, got {depth}")
-    if gc_ratio is not None and not 0.0 < gc_ratio <= 1.0:
-        raise ValueError(f"resnet_backbone: gc_ratio must be in (0, 1], got {gc_ratio}")
     return replace(
         BackboneConfig(),
         depth=depth,

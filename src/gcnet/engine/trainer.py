@@ -173,14 +173,7 @@ class Trainer:
         num_workers: int = 0,
         progress: bool = True,
     ) -> None:
-        tc = cfg.train
-        if tc.amp not in _AMP_DTYPES:
-            raise ValueError(f"train.amp must be None, 'bf16' or 'fp16', got {tc.amp!r}")
-        if tc.grad_accum < 1 or tc.epochs < 1 or tc.checkpoint_every_iters < 0:
-            raise ValueError(
-                f"train.grad_accum ({tc.grad_accum}) and train.epochs ({tc.epochs}) must be >= 1, "
-                f"train.checkpoint_every_iters ({tc.checkpoint_every_iters}) >= 0"
-            )
+        tc = cfg.train  # its values were checked when it was made (TrainConfig is frozen)
         self.cfg, self.work_dir = cfg, Path(work_dir)
         self.rank, self.world_size = get_rank(), get_world_size()
         default = "cuda" if torch.cuda.is_available() else "cpu"

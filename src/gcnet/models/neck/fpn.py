@@ -30,11 +30,7 @@ class FPN(nn.Module):
     """c2..c5 -> p2..p6 (``num_outs`` levels, each ``out_channels`` wide)."""
 
     def __init__(self, cfg: FPNConfig) -> None:
-        super().__init__()
-        if not cfg.in_channels:
-            raise ValueError("FPNConfig.in_channels is empty")
-        if cfg.num_outs < len(cfg.in_channels):
-            raise ValueError(f"FPNConfig.num_outs={cfg.num_outs} is smaller than the {len(cfg.in_channels)} inputs")
+        super().__init__()  # FPNConfig checked in_channels and num_outs when it was made
         self.in_channels = tuple(cfg.in_channels)
         self.out_channels = cfg.out_channels
         self.num_outs = cfg.num_outs

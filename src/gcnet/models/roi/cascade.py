@@ -33,9 +33,7 @@ from gcnet.structures import Detections, ImageMeta, Targets
 
 class CascadeRoIHead(nn.Module):
     def __init__(self, cfg: RoIConfig, with_mask: bool = True) -> None:
-        super().__init__()
-        if len(cfg.stages) < 1:
-            raise ValueError("CascadeRoIHead: cfg.stages must hold at least one stage")
+        super().__init__()  # RoIConfig holds at least one stage
         self.cfg = cfg
         self.with_mask = with_mask
         self.num_classes = cfg.num_classes
