@@ -142,7 +142,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     _trainer_run(Path(out) / "ddp", 1, rank, world)
     _patience_run(Path(out) / "patience", rank, world)
     _checkpoint_run(Path(out) / "checkpoints", rank, world)
-    teardown_distributed(barrier=True)  # gloo on torch < 2.8 can deadlock without it
+    reached = Path(out) / "rank_1_reached_teardown"
+    if rank == 1:
+        time.sleep(1.0)  # the last to finish: rank 0 must not leave before it
+        reached.write_text("1")
+    teardown_distributed(barrier=True)  # every rank waits for the others, through the store
+    if rank == 0:
+        (Path(out) / "rank_0_left.json").write_text(json.dumps({"rank_1_had_reached": reached.exists()}))
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +162,11 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_all_reduce_max_gives_every_rank_the_maximum(out_dir: Path) -> None:
     for rank in (0, 1):
         assert torch.load(out_dir / f"max_{rank}.pt", weights_only=True).tolist() == [20.0, 5.0]
+
+
+@pytest.mark.slow
+def test_teardown_waits_for_every_rank(out_dir: Path) -> None:
+    assert json.loads((out_dir / "rank_0_left.json").read_text()) == {"rank_1_had_reached": True}
 
 
 @pytest.mark.slow

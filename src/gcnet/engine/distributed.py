@@ -162,16 +162,36 @@ def init_distributed(device: torch.device | str | None = None, timeout_s: float 
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+_teardowns = 0  # groups this process has left: fresh handshake keys when a store outlives a group
+
+
 def teardown_distributed(barrier: bool = False) -> None:
     """Leave the process group (if any) so the process can exit without hanging.
 
-    ``barrier``: wait for every rank first (after a normal finish). Gloo on torch < 2.8 can deadlock
-    when one rank destroys its group while another still finishes its last collective; on an error
-    path leave it off, since a dead rank would make the barrier wait for the group's timeout."""
-    if dist.is_available() and dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
+    ``barrier``: wait for every rank first (after a normal finish), through the group's store
+    rather than a collective. Gloo on torch < 2.8 can lose a rank's last message when that rank
+    exits right after its collective finished locally (the peer then waits forever, in a final
+    ``dist.barrier()`` too); a store request is answered before it returns. On an error path leave
+    it off: a dead rank would make the wait last the store's timeout."""
+    global _teardowns
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier and dist.get_world_size() > 1:
+        _every_rank_reached(f"gcnet/teardown_{_teardowns}", dist.get_rank(), dist.get_world_size())
+    _teardowns += 1
+    dist.destroy_process_group()
+
+
+def _every_rank_reached(name: str, rank: int, world_size: int) -> None:
+    """Return once every rank has called this with ``name``. Rank 0 leaves last, after every other
+    rank said it is leaving: the store may live in rank 0's process (env:// without torchrun)."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"{name}/reached/{rank}", "1")
+    store.wait([f"{name}/reached/{r}" for r in range(world_size)])
+    if rank == 0:
+        store.wait([f"{name}/leaving/{r}" for r in range(1, world_size)])
+    else:
+        store.set(f"{name}/leaving/{rank}", "1")
 
 
 def get_rank() -> int:
