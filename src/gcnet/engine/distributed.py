@@ -13,6 +13,7 @@ import inspect
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -163,22 +164,30 @@ def init_distributed(device: torch.device | str | None = None, timeout_s: float 
 
 
 _teardowns = 0  # groups this process has left: fresh handshake keys when a store outlives a group
+# How long the GIL is let go before a group is destroyed (see teardown_distributed).
+GIL_RELEASE_BEFORE_DESTROY_S = 0.2
 
 
 def teardown_distributed(barrier: bool = False) -> None:
     """Leave the process group (if any) so the process can exit without hanging.
 
-    ``barrier``: wait for every rank first (after a normal finish), through the group's store
-    rather than a collective. Gloo on torch < 2.8 can lose a rank's last message when that rank
-    exits right after its collective finished locally (the peer then waits forever, in a final
-    ``dist.barrier()`` too); a store request is answered before it returns. On an error path leave
-    it off: a dead rank would make the wait last the store's timeout."""
+    ``barrier`` (after a normal finish): every rank waits for the others first, through the group's
+    store rather than a collective, so none leaves while another still talks to it. On an error
+    path leave it off: a dead rank would make the wait last the store's timeout.
+
+    Destroying a gloo group joins its worker threads while this thread holds the GIL. A worker that
+    is still releasing its last collective's tensors needs the GIL when Python has already dropped
+    one of them, and then neither moves: seen on torch 2.4 about once in 2000 teardowns on a loaded
+    2-core machine (py-spy: the main thread in ``~ProcessGroupGloo`` joining, a worker in
+    ``gil_scoped_acquire`` from ``~AsyncAllreduceWork``). Sleeping first hands the GIL to any such
+    worker (``benchmarks/teardown_stress.py`` measures it)."""
     global _teardowns
     if not (dist.is_available() and dist.is_initialized()):
         return
     if barrier and dist.get_world_size() > 1:
         _every_rank_reached(f"gcnet/teardown_{_teardowns}", dist.get_rank(), dist.get_world_size())
     _teardowns += 1
+    time.sleep(GIL_RELEASE_BEFORE_DESTROY_S)
     dist.destroy_process_group()
 
 
