@@ -177,17 +177,20 @@ def teardown_distributed(barrier: bool = False) -> None:
 
     Destroying a gloo group joins its worker threads while this thread holds the GIL. A worker that
     is still releasing its last collective's tensors needs the GIL when Python has already dropped
-    one of them, and then neither moves: seen on torch 2.4 about once in 2000 teardowns on a loaded
-    2-core machine (py-spy: the main thread in ``~ProcessGroupGloo`` joining, a worker in
+    one of them, and then neither moves: seen on torch 2.4 in about 1 of 100 teardowns in a tight
+    loop on a loaded 2-core machine (py-spy: the main thread in ``~ProcessGroupGloo`` joining, a worker in
     ``gil_scoped_acquire`` from ``~AsyncAllreduceWork``). Sleeping first hands the GIL to any such
-    worker (``benchmarks/teardown_stress.py`` measures it)."""
+    worker (``benchmarks/teardown_stress.py`` measures it). Only after a normal finish: on an error
+    path the process leaves at once, to say what failed before torchrun's agent, which has seen a
+    rank fail, stops it."""
     global _teardowns
     if not (dist.is_available() and dist.is_initialized()):
         return
     if barrier and dist.get_world_size() > 1:
         _every_rank_reached(f"gcnet/teardown_{_teardowns}", dist.get_rank(), dist.get_world_size())
     _teardowns += 1
-    time.sleep(GIL_RELEASE_BEFORE_DESTROY_S)
+    if barrier:
+        time.sleep(GIL_RELEASE_BEFORE_DESTROY_S)
     dist.destroy_process_group()
 
 
